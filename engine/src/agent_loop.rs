@@ -1,0 +1,405 @@
+//! One sub-agent: a conversation with a model that may use read-only tools over the run's root
+//! and, when a schema is given, must finish by calling a submit tool whose input validates.
+//!
+//! Every provider request is reserved against the budget before it is sent (see
+//! [`crate::budget`]), so an agent can never overshoot the run's budget either.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::budget::BudgetLedger;
+use crate::provider::{Block, ChatRequest, Effort, Message, Provider, ProviderError, Role, StopReason, ToolSpec, Usage};
+use crate::schema::OutputSchema;
+use crate::tools::{GrepOptions, ToolError, ToolRoot};
+
+/// Name of the tool a schema'd agent calls to hand in its answer.
+pub const SUBMIT_TOOL: &str = "submit";
+/// Tools an agent may be granted.
+pub const AGENT_TOOLS: [&str; 4] = ["read", "glob", "grep", "git"];
+/// How many answers a schema'd agent may hand in before the call fails with `schema-mismatch`.
+pub const MAX_SCHEMA_ATTEMPTS: u32 = 5;
+/// Default conversation turns of one agent.
+pub const DEFAULT_MAX_TURNS: u32 = 24;
+/// How often a transient provider failure is retried.
+pub const MAX_PROVIDER_RETRIES: u32 = 3;
+
+const PREAMBLE: &str = "You are a sub-agent running non-interactively inside an automated workflow. \
+Nobody will answer questions or read intermediate remarks: do the task with the tools you have, \
+then reply with the requested content only.";
+
+/// What one agent call asks for.
+#[derive(Debug, Clone)]
+pub struct AgentRequest {
+    /// The task.
+    pub prompt: String,
+    /// Display name.
+    pub label: Option<String>,
+    /// Progress group.
+    pub phase: Option<String>,
+    /// Model alias or id (`None`: the provider's default).
+    pub model: Option<String>,
+    /// Reasoning effort.
+    pub effort: Option<Effort>,
+    /// Output schema, when the answer must be JSON.
+    pub schema: Option<Arc<OutputSchema>>,
+    /// Tools granted (`None`: all of [`AGENT_TOOLS`]).
+    pub tools: Option<Vec<String>>,
+    /// Output tokens per provider request.
+    pub max_tokens: u32,
+    /// Conversation turns.
+    pub max_turns: u32,
+    /// Wall-clock limit of the call.
+    pub timeout: Option<Duration>,
+}
+
+/// What a finished agent call produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentOutput {
+    /// Final text (for a schema: the instance as JSON text).
+    pub text: String,
+    /// The validated instance, for a schema.
+    pub json: Option<Value>,
+    /// Tokens used by every request of the call.
+    pub usage: Usage,
+    /// The model that answered.
+    pub model: String,
+}
+
+/// Why an agent call failed; mirrors the WIT `agent-error` variant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentError {
+    /// The budget cannot cover the next request; it was not sent.
+    #[error("{0}")]
+    BudgetExhausted(String),
+    /// The run's agent cap is reached.
+    #[error("{0}")]
+    AgentLimit(String),
+    /// The answers never matched the schema.
+    #[error("{0}")]
+    SchemaMismatch(String),
+    /// The provider failed.
+    #[error("{0}")]
+    Provider(String),
+    /// The call ran out of time or turns.
+    #[error("{0}")]
+    Timeout(String),
+    /// The call was cancelled.
+    #[error("{0}")]
+    Cancelled(String),
+    /// The call asked for something not granted.
+    #[error("{0}")]
+    Denied(String),
+    /// The call's options are invalid.
+    #[error("{0}")]
+    InvalidInput(String),
+}
+
+impl AgentError {
+    /// Stable kebab-case name of the failure kind, as in the WIT variant.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AgentError::BudgetExhausted(_) => "budget-exhausted",
+            AgentError::AgentLimit(_) => "agent-limit",
+            AgentError::SchemaMismatch(_) => "schema-mismatch",
+            AgentError::Provider(_) => "provider",
+            AgentError::Timeout(_) => "timeout",
+            AgentError::Cancelled(_) => "cancelled",
+            AgentError::Denied(_) => "denied",
+            AgentError::InvalidInput(_) => "invalid-input",
+        }
+    }
+}
+
+/// What every agent of a run shares.
+#[derive(Clone)]
+pub struct AgentContext {
+    /// Who answers.
+    pub provider: Arc<dyn Provider>,
+    /// The run's budget.
+    pub ledger: Arc<BudgetLedger>,
+    /// The run's root, if it has one.
+    pub tools: Option<ToolRoot>,
+}
+
+/// Checks a tool allow-list against what agents can be granted.
+pub fn check_tool_grant(tools: &[String]) -> Result<(), AgentError> {
+    match tools.iter().find(|tool| !AGENT_TOOLS.contains(&tool.as_str())) {
+        Some(unknown) => Err(AgentError::Denied(format!(
+            "unknown agent tool '{unknown}': agents may use {}",
+            AGENT_TOOLS.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Runs one agent call to completion.
+pub async fn run_agent(context: &AgentContext, request: &AgentRequest) -> Result<AgentOutput, AgentError> {
+    let work = converse(context, request);
+    match request.timeout {
+        Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+            Err(AgentError::Timeout(format!(
+                "the agent did not finish within its time limit of {} ms (raise timeoutMs)",
+                limit.as_millis()
+            )))
+        }),
+        None => work.await,
+    }
+}
+
+async fn converse(context: &AgentContext, request: &AgentRequest) -> Result<AgentOutput, AgentError> {
+    let model = context.provider.resolve_model(request.model.as_deref());
+    let tools = tool_specs(context, request);
+    let mut messages = vec![Message::user_text(request.prompt.clone())];
+    let mut usage = Usage::default();
+    let mut schema_attempts = 0;
+    let mut last_schema_error = String::new();
+
+    for _turn in 0..request.max_turns {
+        let chat = ChatRequest {
+            model: model.clone(),
+            system: system_prompt(request),
+            messages: messages.clone(),
+            tools: tools.clone(),
+            force_tool: None,
+            max_tokens: request.max_tokens,
+            effort: request.effort,
+        };
+        let response = send(context, &chat, &mut usage).await?;
+        let answered_model = response.model.clone();
+        let tool_uses: Vec<(String, String, Value)> = response
+            .content
+            .iter()
+            .filter_map(|block| match block {
+                Block::ToolUse { id, name, input } => Some((id.clone(), name.clone(), input.clone())),
+                _ => None,
+            })
+            .collect();
+        let text: String = response
+            .content
+            .iter()
+            .filter_map(|block| match block {
+                Block::Text(text) => Some(text.as_str()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("");
+        messages.push(Message { role: Role::Assistant, content: response.content });
+
+        if tool_uses.is_empty() {
+            let Some(schema) = &request.schema else {
+                return Ok(AgentOutput { text, json: None, usage, model: answered_model });
+            };
+            // The model answered in prose: accept it if it is a valid instance, otherwise ask again.
+            let verdict = serde_json::from_str::<Value>(text.trim())
+                .map_err(|error| format!("the answer is not JSON ({error})"))
+                .and_then(|value| schema.validate(&value).map(|()| value));
+            match verdict {
+                Ok(value) => return Ok(schema_output(value, usage, answered_model)),
+                Err(error) => {
+                    schema_attempts += 1;
+                    last_schema_error = error;
+                    if schema_attempts >= MAX_SCHEMA_ATTEMPTS {
+                        break;
+                    }
+                    messages.push(Message::user_text(format!(
+                        "Call the `{SUBMIT_TOOL}` tool with your answer; its input must match the schema. Problem: {last_schema_error}"
+                    )));
+                    continue;
+                }
+            }
+        }
+
+        if response.stop == StopReason::MaxTokens && request.schema.is_none() && !text.is_empty() {
+            return Ok(AgentOutput { text, json: None, usage, model: answered_model });
+        }
+
+        let mut results = Vec::with_capacity(tool_uses.len());
+        for (id, name, input) in tool_uses {
+            if name == SUBMIT_TOOL
+                && let Some(schema) = &request.schema
+            {
+                match schema.validate(&input) {
+                    Ok(()) => return Ok(schema_output(input, usage, answered_model)),
+                    Err(error) => {
+                        schema_attempts += 1;
+                        last_schema_error = error.clone();
+                        results.push(Block::ToolResult {
+                            id,
+                            content: format!("Invalid: {error}. Fix these problems and call `{SUBMIT_TOOL}` again."),
+                            is_error: true,
+                        });
+                    }
+                }
+                continue;
+            }
+            let (content, is_error) = match run_tool(context, request, &name, &input).await {
+                Ok(output) => (output, false),
+                Err(error) => (error, true),
+            };
+            results.push(Block::ToolResult { id, content, is_error });
+        }
+        if schema_attempts >= MAX_SCHEMA_ATTEMPTS {
+            break;
+        }
+        messages.push(Message { role: Role::User, content: results });
+    }
+
+    if schema_attempts >= MAX_SCHEMA_ATTEMPTS {
+        return Err(AgentError::SchemaMismatch(format!(
+            "the agent's output did not match the schema after {MAX_SCHEMA_ATTEMPTS} attempts; last error: {last_schema_error}"
+        )));
+    }
+    Err(AgentError::Timeout(format!(
+        "the agent used all {} turns without a final answer (raise maxTurns, or ask for less)",
+        request.max_turns
+    )))
+}
+
+fn schema_output(value: Value, usage: Usage, model: String) -> AgentOutput {
+    AgentOutput { text: value.to_string(), json: Some(value), usage, model }
+}
+
+/// Sends one request: reserve its worst case, send, settle; retry transient failures.
+async fn send(
+    context: &AgentContext,
+    chat: &ChatRequest,
+    usage: &mut Usage,
+) -> Result<crate::provider::ChatResponse, AgentError> {
+    let worst_case = chat.input_bytes() + u64::from(chat.max_tokens);
+    let mut attempt = 0;
+    loop {
+        let reservation =
+            context.ledger.reserve(worst_case).map_err(|refusal| AgentError::BudgetExhausted(refusal.to_string()))?;
+        match context.provider.complete(chat).await {
+            Ok(response) => {
+                reservation.settle(response.usage.total());
+                usage.add(&response.usage);
+                return Ok(response);
+            }
+            Err(ProviderError::Transient { .. }) if attempt < MAX_PROVIDER_RETRIES => {
+                // A failed request is not billed by the providers we speak to.
+                reservation.release();
+                attempt += 1;
+                let backoff = Duration::from_millis(200 * (1 << attempt));
+                tokio::time::sleep(backoff).await;
+            }
+            Err(error) => {
+                reservation.release();
+                return Err(AgentError::Provider(error.to_string()));
+            }
+        }
+    }
+}
+
+fn system_prompt(request: &AgentRequest) -> String {
+    match &request.schema {
+        Some(_) => format!(
+            "{PREAMBLE}\nWhen you are done, call the `{SUBMIT_TOOL}` tool exactly once with your answer as its input; it must match the tool's input schema."
+        ),
+        None => PREAMBLE.to_string(),
+    }
+}
+
+fn granted<'a>(request: &'a AgentRequest) -> impl Iterator<Item = &'static str> + 'a {
+    AGENT_TOOLS
+        .into_iter()
+        .filter(move |tool| request.tools.as_ref().is_none_or(|allowed| allowed.iter().any(|a| a == tool)))
+}
+
+fn tool_specs(context: &AgentContext, request: &AgentRequest) -> Vec<ToolSpec> {
+    let mut specs = Vec::new();
+    if context.tools.is_some() {
+        for tool in granted(request) {
+            specs.push(tool_spec(tool));
+        }
+    }
+    if let Some(schema) = &request.schema {
+        specs.push(ToolSpec {
+            name: SUBMIT_TOOL.to_string(),
+            description: "Hand in your final answer. The input must match this schema.".to_string(),
+            input_schema: schema.source().clone(),
+        });
+    }
+    specs
+}
+
+fn tool_spec(name: &str) -> ToolSpec {
+    let (description, input_schema) = match name {
+        "read" => (
+            "Read a text file of the repository. Paths are relative to the repository root.",
+            json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}),
+        ),
+        "glob" => (
+            "List files matching a glob pattern such as src/**/*.rs (honours .gitignore).",
+            json!({"type": "object", "properties": {"pattern": {"type": "string"}}, "required": ["pattern"]}),
+        ),
+        "grep" => (
+            "Search file contents with a regular expression; returns path:line:text lines.",
+            json!({"type": "object", "properties": {
+                "pattern": {"type": "string"}, "glob": {"type": "string"},
+                "ignore_case": {"type": "boolean"}, "max_matches": {"type": "integer", "minimum": 1}
+            }, "required": ["pattern"]}),
+        ),
+        _ => (
+            "Read-only git: command is log, show, diff or status.",
+            json!({"type": "object", "properties": {
+                "command": {"enum": ["log", "show", "diff", "status"]},
+                "rev": {"type": "string"}, "path": {"type": "string"}, "range": {"type": "string"},
+                "max": {"type": "integer", "minimum": 1}
+            }, "required": ["command"]}),
+        ),
+    };
+    ToolSpec { name: name.to_string(), description: description.to_string(), input_schema }
+}
+
+async fn run_tool(context: &AgentContext, request: &AgentRequest, name: &str, input: &Value) -> Result<String, String> {
+    if !granted(request).any(|tool| tool == name) {
+        return Err(format!("tool '{name}' is not available to this agent"));
+    }
+    let Some(root) = context.tools.clone() else {
+        return Err("this run has no root directory, so there are no files to use tools on".to_string());
+    };
+    let name = name.to_string();
+    let input = input.clone();
+    tokio::task::spawn_blocking(move || call_tool(&root, &name, &input).map_err(|error| error.to_string()))
+        .await
+        .map_err(|error| format!("tool failed: {error}"))?
+}
+
+fn call_tool(root: &ToolRoot, name: &str, input: &Value) -> Result<String, ToolError> {
+    let text = |key: &str| input.get(key).and_then(Value::as_str);
+    let required = |key: &str| text(key).ok_or_else(|| ToolError::InvalidInput(format!("missing string field '{key}'")));
+    match name {
+        "read" => root.read(required("path")?),
+        "glob" => Ok(root.glob(required("pattern")?)?.join("\n")),
+        "grep" => {
+            let options = GrepOptions {
+                glob: text("glob").map(str::to_string),
+                ignore_case: input.get("ignore_case").and_then(Value::as_bool).unwrap_or(false),
+                max_matches: input.get("max_matches").and_then(Value::as_u64).map(|n| n.min(u64::from(u32::MAX)) as u32),
+            };
+            let matches = root.grep(required("pattern")?, &options)?;
+            Ok(matches.iter().map(|m| format!("{}:{}:{}", m.path, m.line, m.text)).collect::<Vec<_>>().join("\n"))
+        }
+        "git" => match required("command")? {
+            "log" => {
+                let max = input.get("max").and_then(Value::as_u64).map(|n| n.min(u64::from(u32::MAX)) as u32);
+                let commits = root.git_log(text("path"), max)?;
+                Ok(commits.iter().map(|c| format!("{} {} {}", &c.id[..c.id.len().min(12)], c.author, c.summary)).collect::<Vec<_>>().join("\n"))
+            }
+            "show" => root.git_show(text("rev").unwrap_or("HEAD"), text("path")),
+            "diff" => root.git_diff(text("range")),
+            "status" => {
+                let entries = root.git_status()?;
+                Ok(entries.iter().map(|e| format!("{} {}", e.status, e.path)).collect::<Vec<_>>().join("\n"))
+            }
+            other => Err(ToolError::InvalidInput(format!("unknown git command '{other}': use log, show, diff or status"))),
+        },
+        other => Err(ToolError::InvalidInput(format!("unknown tool '{other}'"))),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,75 @@
+//! What a run reports while it goes: phases, log lines, agent calls. Sinks decide where it goes
+//! (stderr for the CLI, a vector in tests).
+
+use std::sync::Mutex;
+
+use crate::provider::Usage;
+
+/// One thing that happened in a run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunEvent {
+    /// The workflow started a phase.
+    Phase {
+        /// Its title.
+        title: String,
+    },
+    /// A log line from the workflow (`log`, or a line it wrote to stdout/stderr).
+    Log {
+        /// The line, without its newline.
+        message: String,
+    },
+    /// An agent call was accepted and queued.
+    AgentQueued {
+        /// Call id.
+        id: u64,
+        /// Its label, if any.
+        label: Option<String>,
+        /// Its phase, if any.
+        phase: Option<String>,
+    },
+    /// An agent call got a concurrency slot.
+    AgentStarted {
+        /// Call id.
+        id: u64,
+    },
+    /// An agent call finished.
+    AgentFinished {
+        /// Call id.
+        id: u64,
+        /// `None` on success, else the error kind.
+        error: Option<String>,
+        /// Tokens it used.
+        usage: Usage,
+    },
+}
+
+/// Receives a run's events. Called from many tasks; must not block.
+pub trait EventSink: Send + Sync {
+    /// Records one event.
+    fn event(&self, event: &RunEvent);
+}
+
+/// Drops every event.
+#[derive(Debug, Default)]
+pub struct NoEvents;
+
+impl EventSink for NoEvents {
+    fn event(&self, _event: &RunEvent) {}
+}
+
+/// Keeps every event, for tests and reports.
+#[derive(Debug, Default)]
+pub struct CollectEvents(Mutex<Vec<RunEvent>>);
+
+impl CollectEvents {
+    /// Everything recorded so far.
+    pub fn events(&self) -> Vec<RunEvent> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl EventSink for CollectEvents {
+    fn event(&self, event: &RunEvent) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(event.clone());
+    }
+}

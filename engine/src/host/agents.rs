@@ -1,0 +1,178 @@
+//! `corral:workflow/agents`: start, wait, cancel, call, parallel — over the run's
+//! [`AgentScheduler`](crate::scheduler::AgentScheduler).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::RunState;
+use super::bindings::corral::workflow::agents::{
+    AgentError, AgentOptions, AgentOutput, AgentRequest, CallId, Completion, Effort, Host,
+};
+use super::bindings::corral::workflow::types::{Host as TypesHost, Usage};
+use crate::agent_loop::{self, DEFAULT_MAX_TURNS};
+use crate::limits::LimitExceeded;
+use crate::provider;
+use crate::schema::OutputSchema;
+use crate::scheduler::AgentOutcome;
+
+impl TypesHost for RunState {}
+
+impl RunState {
+    /// Turns the guest's options into a request, refusing invalid ones before anything starts.
+    fn agent_request(&self, prompt: String, options: AgentOptions) -> Result<agent_loop::AgentRequest, agent_loop::AgentError> {
+        use agent_loop::AgentError::{Denied, InvalidInput};
+        let limits = &self.limits;
+        let schema_bytes = options.schema.as_ref().map_or(0, String::len);
+        if prompt.len() + schema_bytes > limits.max_prompt_bytes {
+            return Err(InvalidInput(format!(
+                "the prompt and schema are {} bytes, over the limit of {} (shorten the prompt, or raise --max-prompt-bytes)",
+                prompt.len() + schema_bytes,
+                limits.max_prompt_bytes
+            )));
+        }
+        let schema = match &options.schema {
+            Some(text) => Some(Arc::new(OutputSchema::compile(text).map_err(InvalidInput)?)),
+            None => None,
+        };
+        if let Some(tools) = &options.tools {
+            agent_loop::check_tool_grant(tools)?;
+            if self.tools.is_none() && !tools.is_empty() {
+                return Err(Denied("this run has no root directory, so agents cannot be granted tools (pass --root DIR)".to_string()));
+            }
+        }
+        let max_tokens = options.max_tokens.unwrap_or(limits.max_output_tokens);
+        if max_tokens == 0 || max_tokens > limits.max_output_tokens {
+            return Err(InvalidInput(format!(
+                "maxTokens {max_tokens} is outside 1..={} (raise --max-output-tokens for more)",
+                limits.max_output_tokens
+            )));
+        }
+        if options.max_turns == Some(0) {
+            return Err(InvalidInput("maxTurns must be at least 1".to_string()));
+        }
+        if options.timeout_ms == Some(0) {
+            return Err(InvalidInput("timeoutMs must be at least 1".to_string()));
+        }
+        Ok(agent_loop::AgentRequest {
+            prompt,
+            label: options.label,
+            phase: options.phase.or_else(|| self.phase.clone()),
+            model: options.model,
+            effort: options.effort.map(|effort| match effort {
+                Effort::Low => provider::Effort::Low,
+                Effort::Medium => provider::Effort::Medium,
+                Effort::High => provider::Effort::High,
+                Effort::Xhigh => provider::Effort::XHigh,
+                Effort::Max => provider::Effort::Max,
+            }),
+            schema,
+            tools: options.tools,
+            max_tokens,
+            max_turns: options.max_turns.unwrap_or(DEFAULT_MAX_TURNS),
+            timeout: options.timeout_ms.map(|ms| Duration::from_millis(u64::from(ms))),
+        })
+    }
+
+    fn start_call(&mut self, prompt: String, options: AgentOptions) -> Result<CallId, agent_loop::AgentError> {
+        let request = self.agent_request(prompt, options)?;
+        self.scheduler.start(request)
+    }
+
+    fn check_batch(&self, what: &'static str, size: usize) -> wasmtime::Result<()> {
+        if size > self.limits.max_batch {
+            return Err(LimitExceeded::Batch { what, size, limit: self.limits.max_batch }.into());
+        }
+        Ok(())
+    }
+
+    /// Waits on the scheduler; the time spent suspended is not the guest's CPU time.
+    async fn collect(&mut self, ids: &[CallId]) -> Vec<(u64, AgentOutcome)> {
+        let began = Instant::now();
+        let done = self.scheduler.wait(ids).await;
+        self.cpu.add_suspended(began.elapsed());
+        done
+    }
+}
+
+impl Host for RunState {
+    fn start(&mut self, prompt: String, options: AgentOptions) -> wasmtime::Result<Result<CallId, AgentError>> {
+        Ok(self.start_call(prompt, options).map_err(to_wit_error))
+    }
+
+    async fn wait(&mut self, ids: Vec<CallId>) -> wasmtime::Result<Vec<Completion>> {
+        self.check_batch("wait", ids.len())?;
+        let done = self.collect(&ids).await;
+        Ok(done.into_iter().map(|(id, outcome)| Completion { id, outcome: to_wit_outcome(outcome) }).collect())
+    }
+
+    fn cancel(&mut self, id: CallId) -> wasmtime::Result<()> {
+        self.scheduler.cancel(id);
+        Ok(())
+    }
+
+    async fn call(&mut self, prompt: String, options: AgentOptions) -> wasmtime::Result<Result<AgentOutput, AgentError>> {
+        let id = match self.start_call(prompt, options) {
+            Ok(id) => id,
+            Err(error) => return Ok(Err(to_wit_error(error))),
+        };
+        let mut done = self.collect(&[id]).await;
+        let (_, outcome) = done.pop().expect("wait returns the one id it was given once it finished");
+        Ok(to_wit_outcome(outcome))
+    }
+
+    async fn parallel(&mut self, requests: Vec<AgentRequest>) -> wasmtime::Result<Vec<Result<AgentOutput, AgentError>>> {
+        self.check_batch("parallel", requests.len())?;
+        let mut slots: Vec<Option<Result<AgentOutput, AgentError>>> = Vec::with_capacity(requests.len());
+        let mut pending: Vec<(usize, CallId)> = Vec::new();
+        for (index, request) in requests.into_iter().enumerate() {
+            match self.start_call(request.prompt, request.options) {
+                Ok(id) => {
+                    pending.push((index, id));
+                    slots.push(None);
+                }
+                Err(error) => slots.push(Some(Err(to_wit_error(error)))),
+            }
+        }
+        while !pending.is_empty() {
+            let ids: Vec<CallId> = pending.iter().map(|(_, id)| *id).collect();
+            for (id, outcome) in self.collect(&ids).await {
+                if let Some(position) = pending.iter().position(|(_, pending_id)| *pending_id == id) {
+                    let (index, _) = pending.swap_remove(position);
+                    slots[index] = Some(to_wit_outcome(outcome));
+                }
+            }
+        }
+        Ok(slots.into_iter().map(|slot| slot.expect("every slot is filled once all calls are collected")).collect())
+    }
+}
+
+fn to_wit_outcome(outcome: AgentOutcome) -> Result<AgentOutput, AgentError> {
+    match outcome {
+        Ok(output) => Ok(AgentOutput {
+            text: output.text,
+            json: output.json.map(|value| value.to_string()),
+            usage: Usage {
+                input_tokens: output.usage.input_tokens,
+                output_tokens: output.usage.output_tokens,
+                cache_read_tokens: output.usage.cache_read_tokens,
+                cache_write_tokens: output.usage.cache_write_tokens,
+            },
+            model: output.model,
+        }),
+        Err(error) => Err(to_wit_error(error)),
+    }
+}
+
+fn to_wit_error(error: agent_loop::AgentError) -> AgentError {
+    use agent_loop::AgentError as E;
+    match error {
+        E::BudgetExhausted(m) => AgentError::BudgetExhausted(m),
+        E::AgentLimit(m) => AgentError::AgentLimit(m),
+        E::SchemaMismatch(m) => AgentError::SchemaMismatch(m),
+        E::Provider(m) => AgentError::Provider(m),
+        E::Timeout(m) => AgentError::Timeout(m),
+        E::Cancelled(m) => AgentError::Cancelled(m),
+        E::Denied(m) => AgentError::Denied(m),
+        E::InvalidInput(m) => AgentError::InvalidInput(m),
+    }
+}

@@ -1,0 +1,102 @@
+//! The WASI subset a workflow may import: what guest language runtimes need and is harmless.
+//!
+//! Linked: cli (environment — empty —, exit, stdio captured into the run log, terminal queries),
+//! clocks, random, io, and filesystem types/preopens with no preopened directory, so a guest's
+//! libc starts but no file exists. Not linked: sockets, HTTP, anything else; a component that
+//! imports them is refused at load time (see [`check_imports`]).
+
+use wasmtime::component::Linker;
+use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random};
+
+use super::RunState;
+
+/// WASI interfaces (without version) a component may import.
+pub(crate) const ALLOWED_WASI: &[&str] = &[
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:clocks/monotonic-clock",
+    "wasi:clocks/wall-clock",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:filesystem/types",
+    "wasi:filesystem/preopens",
+];
+
+/// Corral interfaces (without version) a component may import.
+pub(crate) const ALLOWED_CORRAL: &[&str] = &[
+    "corral:workflow/types",
+    "corral:workflow/agents",
+    "corral:workflow/tools",
+    "corral:workflow/progress",
+    "corral:workflow/budget",
+];
+
+/// Refuses a component whose imports leave the allowed set, naming the first offending import.
+pub(crate) fn check_imports<'a>(imports: impl IntoIterator<Item = &'a str>) -> Result<(), String> {
+    for name in imports {
+        let unversioned = name.split('@').next().unwrap_or(name);
+        if !ALLOWED_WASI.contains(&unversioned) && !ALLOWED_CORRAL.contains(&unversioned) {
+            return Err(format!(
+                "the component imports `{name}`, which Corral does not provide: a workflow may import only corral:workflow/{{agents,tools,progress,budget}} and the WASI subset (cli, clocks, random, io; filesystem without any directory). Remove that import (no sockets, HTTP or processes) and rebuild"
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::cli::WasiCli;
+    use wasmtime_wasi::clocks::WasiClocks;
+    use wasmtime_wasi::filesystem::WasiFilesystem;
+    use wasmtime_wasi::random::WasiRandom;
+
+    wasmtime_wasi_io::add_to_linker_async(linker)?;
+    let l = linker;
+    clocks::wall_clock::add_to_linker::<RunState, WasiClocks>(l, <RunState as wasmtime_wasi::clocks::WasiClocksView>::clocks)?;
+    clocks::monotonic_clock::add_to_linker::<RunState, WasiClocks>(l, <RunState as wasmtime_wasi::clocks::WasiClocksView>::clocks)?;
+    random::random::add_to_linker::<RunState, WasiRandom>(l, |t| t.wasi.random())?;
+    random::insecure::add_to_linker::<RunState, WasiRandom>(l, |t| t.wasi.random())?;
+    random::insecure_seed::add_to_linker::<RunState, WasiRandom>(l, |t| t.wasi.random())?;
+    cli::exit::add_to_linker::<RunState, WasiCli>(l, <RunState as wasmtime_wasi::cli::WasiCliView>::cli)?;
+    cli::environment::add_to_linker::<RunState, WasiCli>(l, <RunState as wasmtime_wasi::cli::WasiCliView>::cli)?;
+    cli::stdin::add_to_linker::<RunState, WasiCli>(l, <RunState as wasmtime_wasi::cli::WasiCliView>::cli)?;
+    cli::stdout::add_to_linker::<RunState, WasiCli>(l, <RunState as wasmtime_wasi::cli::WasiCliView>::cli)?;
+    cli::stderr::add_to_linker::<RunState, WasiCli>(l, <RunState as wasmtime_wasi::cli::WasiCliView>::cli)?;
+    cli::terminal_input::add_to_linker::<RunState, WasiCli>(l, <RunState as wasmtime_wasi::cli::WasiCliView>::cli)?;
+    cli::terminal_output::add_to_linker::<RunState, WasiCli>(l, <RunState as wasmtime_wasi::cli::WasiCliView>::cli)?;
+    cli::terminal_stdin::add_to_linker::<RunState, WasiCli>(l, <RunState as wasmtime_wasi::cli::WasiCliView>::cli)?;
+    cli::terminal_stdout::add_to_linker::<RunState, WasiCli>(l, <RunState as wasmtime_wasi::cli::WasiCliView>::cli)?;
+    cli::terminal_stderr::add_to_linker::<RunState, WasiCli>(l, <RunState as wasmtime_wasi::cli::WasiCliView>::cli)?;
+    filesystem::types::add_to_linker::<RunState, WasiFilesystem>(l, <RunState as wasmtime_wasi::filesystem::WasiFilesystemView>::filesystem)?;
+    filesystem::preopens::add_to_linker::<RunState, WasiFilesystem>(l, <RunState as wasmtime_wasi::filesystem::WasiFilesystemView>::filesystem)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_imports;
+
+    #[test]
+    fn allowed_imports_pass_with_any_version() {
+        check_imports(["wasi:cli/stdout@0.2.6", "corral:workflow/agents@0.1.0", "wasi:filesystem/preopens@0.2.0"]).unwrap();
+    }
+
+    #[test]
+    fn forbidden_imports_are_named() {
+        let error = check_imports(["wasi:cli/stdout@0.2.6", "wasi:sockets/tcp@0.2.6"]).unwrap_err();
+        assert!(error.contains("`wasi:sockets/tcp@0.2.6`"), "{error}");
+        assert!(check_imports(["wasi:http/outgoing-handler@0.2.0"]).is_err());
+    }
+}

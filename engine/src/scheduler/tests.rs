@@ -1,0 +1,87 @@
+use std::time::Duration;
+
+use super::*;
+use crate::budget::BudgetLedger;
+use crate::events::NoEvents;
+use crate::provider::sim::SimProvider;
+
+fn scheduler(provider: Arc<SimProvider>, max_concurrent: usize, max_agents: u64) -> AgentScheduler {
+    let context = AgentContext { provider, ledger: BudgetLedger::new(None), tools: None };
+    AgentScheduler::new(context, max_concurrent, max_agents, Arc::new(NoEvents))
+}
+
+fn request(prompt: &str) -> AgentRequest {
+    AgentRequest {
+        prompt: prompt.into(),
+        label: None,
+        phase: None,
+        model: None,
+        effort: None,
+        schema: None,
+        tools: None,
+        max_tokens: 64,
+        max_turns: 4,
+        timeout: None,
+    }
+}
+
+async fn wait_all(scheduler: &mut AgentScheduler, mut ids: Vec<u64>) -> Vec<(u64, AgentOutcome)> {
+    let mut all = Vec::new();
+    while !ids.is_empty() {
+        let done = scheduler.wait(&ids).await;
+        ids.retain(|id| !done.iter().any(|(d, _)| d == id));
+        all.extend(done);
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_more_than_the_cap_in_flight() {
+    let provider = Arc::new(SimProvider::new(Duration::from_millis(5)));
+    let mut scheduler = scheduler(Arc::clone(&provider), 4, 1000);
+    let ids: Vec<u64> = (0..40).map(|i| scheduler.start(request(&format!("p{i}"))).unwrap()).collect();
+    let done = wait_all(&mut scheduler, ids).await;
+    assert_eq!(done.len(), 40);
+    assert!(done.iter().all(|(_, outcome)| outcome.is_ok()));
+    assert_eq!(provider.peak_in_flight(), 4);
+    assert_eq!(scheduler.stats().peak_in_flight, 4);
+    assert_eq!(scheduler.stats().succeeded, 40);
+}
+
+#[tokio::test]
+async fn the_agent_cap_refuses_the_next_start() {
+    let mut scheduler = scheduler(Arc::new(SimProvider::default()), 16, 3);
+    for _ in 0..3 {
+        scheduler.start(request("x")).unwrap();
+    }
+    let refused = scheduler.start(request("x")).unwrap_err();
+    assert_eq!(refused.kind(), "agent-limit");
+    assert!(refused.to_string().contains("--max-agents"));
+    assert_eq!(scheduler.stats().refused, 1);
+}
+
+#[tokio::test]
+async fn wait_hands_back_every_finished_call_at_once() {
+    let mut scheduler = scheduler(Arc::new(SimProvider::default()), 16, 100);
+    let ids: Vec<u64> = (0..5).map(|_| scheduler.start(request("x")).unwrap()).collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let done = scheduler.wait(&ids).await;
+    assert_eq!(done.len(), 5);
+    let again = scheduler.wait(&ids[..1]).await;
+    assert_eq!(again[0].1.as_ref().unwrap_err().kind(), "invalid-input");
+}
+
+#[tokio::test]
+async fn cancelled_calls_complete_as_cancelled_and_finished_ones_keep_their_outcome() {
+    let mut scheduler = scheduler(Arc::new(SimProvider::new(Duration::from_secs(10))), 16, 100);
+    let slow = scheduler.start(request("slow")).unwrap();
+    scheduler.cancel(slow);
+    let done = scheduler.wait(&[slow]).await;
+    assert_eq!(done[0].1.as_ref().unwrap_err().kind(), "cancelled");
+
+    let mut scheduler = self::scheduler(Arc::new(SimProvider::default()), 16, 100);
+    let fast = scheduler.start(request("fast")).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    scheduler.cancel(fast);
+    assert!(scheduler.wait(&[fast]).await[0].1.is_ok());
+}

@@ -1,0 +1,96 @@
+//! Path arguments from the guest: validation, lexical normalisation, and error mapping.
+//!
+//! Normalisation is only the first fence: it turns `a/./b/../c` into `a/c` and refuses anything
+//! that is absolute or climbs above the root. The second fence is `cap_std`, which resolves the
+//! normalised path (including symlinks) strictly beneath the root directory.
+
+use super::ToolError;
+use std::io;
+
+/// Validates a root-relative path and normalises it lexically to `a/b/c` form (`""` is the root).
+pub(super) fn normalize(path: &str) -> Result<String, ToolError> {
+    if path.is_empty() {
+        return Err(ToolError::InvalidInput(
+            "the path is empty: give a path relative to the root, e.g. \"src/main.rs\"".into(),
+        ));
+    }
+    if path.contains('\0') {
+        return Err(ToolError::InvalidInput(format!(
+            "path {path:?} contains a NUL byte: remove it"
+        )));
+    }
+    if is_absolute(path) {
+        return Err(ToolError::Denied(format!(
+            "path {path:?} is absolute: paths must be relative to the root"
+        )));
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(ToolError::Denied(format!(
+                        "path {path:?} leads outside the root: paths must be relative to the root \
+                         and may not climb above it with '..'"
+                    )));
+                }
+            }
+            _ => parts.push(part),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+/// Whether a path or pattern is absolute on any platform a guest might assume.
+pub(super) fn is_absolute(path: &str) -> bool {
+    let as_path = std::path::Path::new(path);
+    path.starts_with('/') || path.starts_with('\\') || as_path.has_root() || as_path.is_absolute()
+}
+
+/// The path to hand to `cap_std` for a normalised path (the root itself is `.`).
+pub(super) fn as_dir_path(rel: &str) -> &str {
+    if rel.is_empty() { "." } else { rel }
+}
+
+/// Maps an I/O error on `shown` (the path as the guest wrote it) to a guest-facing error.
+pub(super) fn io_error(shown: &str, err: io::Error) -> ToolError {
+    match err.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => ToolError::NotFound(format!(
+            "{shown:?} does not exist under the root: check the path, e.g. with glob"
+        )),
+        // cap-std reports an escape (a symlink out, or `..` through one) as PermissionDenied with
+        // no OS error code; a real EACCES carries one.
+        io::ErrorKind::PermissionDenied if err.raw_os_error().is_none() => {
+            ToolError::Denied(format!(
+                "path {shown:?} leads outside the root through a symlink: paths must be relative \
+                 to the root and stay inside it"
+            ))
+        }
+        io::ErrorKind::PermissionDenied => ToolError::Denied(format!(
+            "permission denied for {shown:?}: the host may not read it"
+        )),
+        io::ErrorKind::IsADirectory => ToolError::InvalidInput(format!(
+            "{shown:?} is a directory, not a file: use glob to list the files in it"
+        )),
+        _ => ToolError::Io(format!("cannot read {shown:?}: {err}")),
+    }
+}
+
+/// Converts bytes to a `String`, replacing invalid UTF-8, without copying valid input.
+pub(super) fn lossy(bytes: Vec<u8>) -> String {
+    match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(err) => String::from_utf8_lossy(err.as_bytes()).into_owned(),
+    }
+}
+
+/// A root-relative walk path as a `/`-separated string.
+pub(super) fn rel_string(rel: &std::path::Path) -> String {
+    let text = rel.to_string_lossy();
+    if cfg!(windows) {
+        text.replace('\\', "/")
+    } else {
+        text.into_owned()
+    }
+}

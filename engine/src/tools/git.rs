@@ -1,0 +1,852 @@
+//! Read-only git over the root's repository, through `gix` (never the `git` binary).
+//!
+//! Object access goes through gix's object database; working-tree files are read through the
+//! root's `cap_std::fs::Dir`, exactly like `read`, so a symlink in the working tree cannot make a
+//! diff or status read outside the root. Revision arguments are restricted to plain revision
+//! syntax (no `rev:path`, no ranges inside a revision), and path arguments are normalised like
+//! every other path before they are looked up in a tree.
+
+use super::{Commit, StatusEntry, ToolError, ToolRoot, confine, output_limit};
+use gix::ObjectId;
+use gix::objs::tree::EntryKind;
+use similar::{Algorithm, TextDiff};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::io::Read as _;
+use std::time::Duration;
+
+/// How long one file's diff may compute before similar falls back to a coarser (still correct)
+/// diff; guards against quadratic inputs.
+const DIFF_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Bytes inspected for a NUL to call a file binary, as git does.
+const BINARY_PROBE: usize = 8000;
+
+/// A non-tree entry of a tree: what a path holds at one revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    id: ObjectId,
+    kind: EntryKind,
+}
+
+/// The content of one side of a file diff.
+enum Content {
+    Bytes(Vec<u8>),
+    /// Larger than `max_read_bytes`; only the size is shown.
+    TooLarge(u64),
+}
+
+/// One side of a changed path: an object (read when rendered) or working-tree content.
+enum Side {
+    Object(Entry),
+    Work(EntryKind, Content),
+}
+
+/// One changed path; `None` is "absent on that side".
+struct Change {
+    path: String,
+    old: Option<Side>,
+    new: Option<Side>,
+}
+
+/// What the working tree holds at a tracked path, compared to a base entry.
+enum WorkState {
+    Missing,
+    Unchanged,
+    Changed(EntryKind, Content),
+}
+
+/// The index entries (stage 0, or the first stage of a conflict) by path, with the index's
+/// timestamp for the racy-git check.
+struct IndexView {
+    entries: HashMap<String, IndexEntry>,
+    /// Index file timestamp in unix seconds: entries modified at or after it are "racy" and must
+    /// be hashed, not trusted by their stat data.
+    timestamp: i64,
+}
+
+struct IndexEntry {
+    id: ObjectId,
+    size: u32,
+    mtime_secs: u32,
+    mtime_nsecs: u32,
+}
+
+fn not_repo() -> ToolError {
+    ToolError::NotFound("the root is not a git repository".into())
+}
+
+fn git_error(err: impl std::fmt::Display) -> ToolError {
+    ToolError::Io(format!("git: {err}"))
+}
+
+/// Opens (once per root) the repository whose working tree is the root itself.
+fn repo(root: &ToolRoot) -> Result<gix::Repository, ToolError> {
+    let shared = match root.inner.repo.get() {
+        Some(shared) => shared,
+        None => {
+            // `isolated`: no global or system config, no environment overrides; and `open`, not
+            // `discover`, so a repository above the root is never used.
+            let opened = gix::open_opts(root.path(), gix::open::Options::isolated())
+                .map_err(|_| not_repo())?;
+            let workdir = opened
+                .workdir()
+                .and_then(|dir| std::fs::canonicalize(dir).ok());
+            if workdir.as_deref() != Some(root.path()) {
+                return Err(not_repo());
+            }
+            root.inner.repo.get_or_init(|| opened.into_sync())
+        }
+    };
+    let mut local = shared.to_thread_local();
+    local.object_cache_size_if_unset(16 * 1024 * 1024);
+    Ok(local)
+}
+
+/// Accepts plain revisions only: ids, ref names, `HEAD~2`, `main^2`, `@{1}`.
+fn check_rev(rev: &str) -> Result<(), ToolError> {
+    let hint = "give a commit id, a branch or tag name, or e.g. \"HEAD~1\"";
+    if rev.is_empty() {
+        return Err(ToolError::InvalidInput(format!(
+            "the revision is empty: {hint}"
+        )));
+    }
+    let bad = rev.len() > 256
+        || rev.contains(['\0', ':', '\\', ' ', '\t', '\n', '\r'])
+        || rev.contains("..")
+        || rev.starts_with(['-', '/']);
+    if bad {
+        return Err(ToolError::InvalidInput(format!(
+            "invalid revision {rev:?}: {hint}"
+        )));
+    }
+    Ok(())
+}
+
+fn resolve_commit<'r>(repo: &'r gix::Repository, rev: &str) -> Result<gix::Commit<'r>, ToolError> {
+    check_rev(rev)?;
+    // gix's parse errors describe its internals, so the message only says what to give instead.
+    let unknown = || {
+        ToolError::InvalidInput(format!(
+            "unknown revision {rev:?}: give a commit id, a branch or tag name, or e.g. \"HEAD~1\""
+        ))
+    };
+    let id = repo.rev_parse_single(rev).map_err(|_| unknown())?;
+    // A full hex id parses without the object existing, so a missing object is "unknown" too.
+    let object = id.object().map_err(|_| unknown())?;
+    let kind = object.kind;
+    object.peel_to_commit().map_err(|_| {
+        ToolError::InvalidInput(format!(
+            "revision {rev:?} names a {kind}, not a commit: give a commit id, a branch or tag name"
+        ))
+    })
+}
+
+fn head_commit(repo: &gix::Repository) -> Result<Option<gix::Commit<'_>>, ToolError> {
+    let head = repo.head().map_err(git_error)?;
+    if head.is_unborn() {
+        return Ok(None);
+    }
+    repo.head_commit().map(Some).map_err(git_error)
+}
+
+fn tree_id(commit: &gix::Commit<'_>) -> Result<ObjectId, ToolError> {
+    commit.tree_id().map(|id| id.detach()).map_err(git_error)
+}
+
+/// The first parent of a commit, if any.
+fn first_parent(commit: &gix::Commit<'_>) -> Option<ObjectId> {
+    commit.parent_ids().next().map(|id| id.detach())
+}
+
+/// Implements [`ToolRoot::git_log`].
+pub(super) fn log(
+    root: &ToolRoot,
+    path: Option<&str>,
+    max: Option<u32>,
+) -> Result<Vec<Commit>, ToolError> {
+    let repo = repo(root)?;
+    let rel = path
+        .map(confine::normalize)
+        .transpose()?
+        .filter(|p| !p.is_empty());
+    let max = max.map_or(usize::MAX, |m| m as usize);
+    let max_output = root.limits().max_output_bytes;
+    let mut out = Vec::new();
+    let Some(head) = head_commit(&repo)? else {
+        return Ok(out);
+    };
+    if max == 0 {
+        return Ok(out);
+    }
+    let walk = repo
+        .rev_walk([head.id])
+        .sorting(gix::revision::walk::Sorting::ByCommitTime(
+            gix::traverse::commit::simple::CommitTimeOrder::NewestFirst,
+        ))
+        .all()
+        .map_err(git_error)?;
+    let mut bytes = 0usize;
+    for info in walk {
+        let info = info.map_err(git_error)?;
+        let commit = info.object().map_err(git_error)?;
+        if let Some(rel) = &rel {
+            let here = entry_at(&repo, Some(tree_id(&commit)?), rel)?;
+            let parent_tree = match first_parent(&commit) {
+                Some(parent) => Some(tree_id(&repo.find_commit(parent).map_err(git_error)?)?),
+                None => None,
+            };
+            if here == entry_at(&repo, parent_tree, rel)? {
+                continue;
+            }
+        }
+        let author = commit.author().map_err(git_error)?;
+        let entry = Commit {
+            id: commit.id.to_string(),
+            author: format!("{} <{}>", author.name, author.email),
+            time: author.seconds(),
+            summary: commit.message().map_err(git_error)?.summary().to_string(),
+        };
+        bytes += entry.id.len() + entry.author.len() + entry.summary.len() + 24;
+        if bytes > max_output {
+            return Err(output_limit(
+                "git log",
+                max_output,
+                "pass a smaller max or a path",
+            ));
+        }
+        out.push(entry);
+        if out.len() == max {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// What `rel` (a normalised path, files or directories) is in the tree `tree`: `None` if absent.
+fn entry_at(
+    repo: &gix::Repository,
+    tree: Option<ObjectId>,
+    rel: &str,
+) -> Result<Option<(ObjectId, EntryKind)>, ToolError> {
+    let Some(tree) = tree else { return Ok(None) };
+    let tree = repo.find_tree(tree).map_err(git_error)?;
+    let entry = tree.lookup_entry_by_path(rel).map_err(git_error)?;
+    Ok(entry.map(|e| (e.object_id(), e.mode().kind())))
+}
+
+/// Implements [`ToolRoot::git_show`].
+pub(super) fn show(root: &ToolRoot, rev: &str, path: Option<&str>) -> Result<String, ToolError> {
+    let repo = repo(root)?;
+    let commit = resolve_commit(&repo, rev)?;
+    let limits = root.limits();
+    if let Some(path) = path {
+        let rel = confine::normalize(path)?;
+        if rel.is_empty() {
+            return Err(ToolError::InvalidInput(format!(
+                "{path:?} is the root directory: give a file path to show"
+            )));
+        }
+        let entry = entry_at(&repo, Some(tree_id(&commit)?), &rel)?.ok_or_else(|| {
+            ToolError::NotFound(format!(
+                "{path:?} does not exist at revision {rev:?}: check the path, e.g. with git_log"
+            ))
+        })?;
+        return match entry.1 {
+            EntryKind::Tree => Err(ToolError::InvalidInput(format!(
+                "{path:?} is a directory at revision {rev:?}: give a file path"
+            ))),
+            EntryKind::Commit => Err(ToolError::InvalidInput(format!(
+                "{path:?} is a submodule at revision {rev:?}: give a file path"
+            ))),
+            _ => match blob(&repo, entry.0, limits.max_read_bytes)? {
+                Content::Bytes(bytes) => Ok(confine::lossy(bytes)),
+                Content::TooLarge(size) => Err(super::read_limit(
+                    &format!("{path} at {rev}"),
+                    size,
+                    limits.max_read_bytes,
+                )),
+            },
+        };
+    }
+
+    let mut out = String::new();
+    let author = commit.author().map_err(git_error)?;
+    let time = author.time().map_err(git_error)?;
+    let parents: Vec<ObjectId> = commit.parent_ids().map(|id| id.detach()).collect();
+    let _ = writeln!(out, "commit {}", commit.id);
+    if parents.len() > 1 {
+        let short: Vec<String> = parents
+            .iter()
+            .map(|p| p.to_hex_with_len(7).to_string())
+            .collect();
+        let _ = writeln!(out, "Merge: {}", short.join(" "));
+    }
+    let _ = writeln!(out, "Author: {} <{}>", author.name, author.email);
+    let _ = writeln!(
+        out,
+        "Date:   {}",
+        time.format_or_unix(gix::date::time::format::DEFAULT)
+    );
+    out.push('\n');
+    let message = commit.message_raw().map_err(git_error)?;
+    for line in confine::lossy(message.to_vec()).trim_end().lines() {
+        if line.is_empty() {
+            out.push('\n');
+        } else {
+            let _ = writeln!(out, "    {line}");
+        }
+    }
+    let old = match parents.first() {
+        Some(parent) => Some(tree_id(&repo.find_commit(*parent).map_err(git_error)?)?),
+        None => None,
+    };
+    let mut changes = Vec::new();
+    tree_changes(&repo, old, Some(tree_id(&commit)?), "", &mut changes)?;
+    if !changes.is_empty() {
+        out.push('\n');
+    }
+    render_changes(&repo, root, changes, out, "git show answer")
+}
+
+/// Implements [`ToolRoot::git_diff`].
+pub(super) fn diff(root: &ToolRoot, range: Option<&str>) -> Result<String, ToolError> {
+    let repo = repo(root)?;
+    let out = String::new();
+    let range = range.map(str::trim).filter(|r| !r.is_empty());
+    if let Some(range) = range {
+        if range.contains("...") {
+            return Err(ToolError::InvalidInput(format!(
+                "range {range:?} uses '...', which is not supported: use \"a..b\" (tree a against \
+                 tree b) or a single revision (against the working tree)"
+            )));
+        }
+        if let Some((a, b)) = range.split_once("..") {
+            let tree_of = |rev: &str| -> Result<ObjectId, ToolError> {
+                let rev = if rev.is_empty() { "HEAD" } else { rev };
+                tree_id(&resolve_commit(&repo, rev)?)
+            };
+            let (a, b) = (tree_of(a)?, tree_of(b)?);
+            let mut changes = Vec::new();
+            tree_changes(&repo, Some(a), Some(b), "", &mut changes)?;
+            return render_changes(&repo, root, changes, out, "diff");
+        }
+        let base = tree_id(&resolve_commit(&repo, range)?)?;
+        let changes = worktree_changes(root, &repo, Some(base))?;
+        return render_changes(&repo, root, changes, out, "diff");
+    }
+    let base = match head_commit(&repo)? {
+        Some(head) => Some(tree_id(&head)?),
+        None => None,
+    };
+    let changes = worktree_changes(root, &repo, base)?;
+    render_changes(&repo, root, changes, out, "diff")
+}
+
+/// Implements [`ToolRoot::git_status`].
+pub(super) fn status(root: &ToolRoot) -> Result<Vec<StatusEntry>, ToolError> {
+    let repo = repo(root)?;
+    let base_tree = match head_commit(&repo)? {
+        Some(head) => Some(tree_id(&head)?),
+        None => None,
+    };
+    let base = flatten(&repo, base_tree)?;
+    let index = index_view(&repo)?;
+    let mut out = Vec::new();
+    let tracked: BTreeSet<&String> = base.keys().chain(index.entries.keys()).collect();
+    for path in tracked {
+        let in_base = base.get(path.as_str()).copied();
+        let status = match work_state(
+            root,
+            &repo,
+            path,
+            in_base,
+            index.entries.get(path.as_str()),
+            index.timestamp,
+        )? {
+            WorkState::Unchanged => continue,
+            WorkState::Missing if in_base.is_none() => continue,
+            WorkState::Missing => "deleted",
+            WorkState::Changed(..) if in_base.is_none() => "added",
+            WorkState::Changed(..) => "modified",
+        };
+        out.push(StatusEntry {
+            path: path.clone(),
+            status: status.into(),
+        });
+    }
+    let base_path = root.path();
+    for entry in super::walk::walker(root, super::walk::Mode::Git, None) {
+        let Ok(entry) = entry else { continue };
+        let Some(kind) = entry.file_type() else {
+            continue;
+        };
+        if !(kind.is_file() || kind.is_symlink()) {
+            continue;
+        }
+        let Ok(rel) = entry.path().strip_prefix(base_path) else {
+            continue;
+        };
+        let rel = confine::rel_string(rel);
+        if !base.contains_key(&rel) && !index.entries.contains_key(&rel) {
+            out.push(StatusEntry {
+                path: rel,
+                status: "untracked".into(),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    let max = root.limits().max_output_bytes;
+    let bytes: usize = out.iter().map(|e| e.path.len() + e.status.len() + 2).sum();
+    if bytes > max {
+        return Err(output_limit(
+            "git status",
+            max,
+            "clean up or ignore untracked files",
+        ));
+    }
+    Ok(out)
+}
+
+/// All non-tree entries of a tree, by `/`-separated path.
+fn flatten(
+    repo: &gix::Repository,
+    tree: Option<ObjectId>,
+) -> Result<BTreeMap<String, Entry>, ToolError> {
+    let mut out = BTreeMap::new();
+    let Some(tree) = tree else { return Ok(out) };
+    let records = repo
+        .find_tree(tree)
+        .map_err(git_error)?
+        .traverse()
+        .breadthfirst
+        .files()
+        .map_err(git_error)?;
+    for record in records {
+        let kind = record.mode.kind();
+        if kind != EntryKind::Tree {
+            out.insert(
+                record.filepath.to_string(),
+                Entry {
+                    id: record.oid,
+                    kind,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The non-tree entries directly in a tree, and its subtrees, by name.
+fn tree_level(
+    repo: &gix::Repository,
+    tree: Option<ObjectId>,
+) -> Result<BTreeMap<String, Entry>, ToolError> {
+    let mut out = BTreeMap::new();
+    let Some(tree) = tree else { return Ok(out) };
+    let tree = repo.find_tree(tree).map_err(git_error)?;
+    for entry in tree.decode().map_err(git_error)?.entries.iter() {
+        out.insert(
+            entry.filename.to_string(),
+            Entry {
+                id: entry.oid.to_owned(),
+                kind: entry.mode.kind(),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Appends the changes between two trees, skipping identical subtrees without reading them.
+fn tree_changes(
+    repo: &gix::Repository,
+    old: Option<ObjectId>,
+    new: Option<ObjectId>,
+    prefix: &str,
+    out: &mut Vec<Change>,
+) -> Result<(), ToolError> {
+    if old == new {
+        return Ok(());
+    }
+    let old = tree_level(repo, old)?;
+    let new = tree_level(repo, new)?;
+    let names: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for name in names {
+        let path = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let (a, b) = (old.get(name).copied(), new.get(name).copied());
+        if a == b {
+            continue;
+        }
+        let subtree = |e: Option<Entry>| e.filter(|e| e.kind == EntryKind::Tree).map(|e| e.id);
+        let file = |e: Option<Entry>| e.filter(|e| e.kind != EntryKind::Tree);
+        // A path can turn from a file into a directory: that is a deletion plus additions.
+        if subtree(a).is_some() || subtree(b).is_some() {
+            tree_changes(repo, subtree(a), subtree(b), &path, out)?;
+        }
+        let (fa, fb) = (file(a), file(b));
+        if fa.is_some() || fb.is_some() {
+            out.push(Change {
+                path,
+                old: fa.map(Side::Object),
+                new: fb.map(Side::Object),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Reads the index (an absent index is empty).
+fn index_view(repo: &gix::Repository) -> Result<IndexView, ToolError> {
+    let index = repo.index_or_empty().map_err(git_error)?;
+    let state: &gix::index::State = &index;
+    let mut entries = HashMap::with_capacity(state.entries().len());
+    for entry in state.entries() {
+        let path = entry.path(state).to_string();
+        entries.entry(path).or_insert(IndexEntry {
+            id: entry.id,
+            size: entry.stat.size,
+            mtime_secs: entry.stat.mtime.secs,
+            mtime_nsecs: entry.stat.mtime.nsecs,
+        });
+    }
+    Ok(IndexView {
+        entries,
+        timestamp: state.timestamp().unix_seconds(),
+    })
+}
+
+/// Type and stat data of a working-tree path, without following a final symlink.
+struct WorkMeta {
+    kind: EntryKind,
+    size: u64,
+    mtime_secs: i64,
+    mtime_nsecs: u32,
+}
+
+fn work_meta(root: &ToolRoot, rel: &str) -> Option<WorkMeta> {
+    // Any failure (absent, or a parent directory that is now a symlink out of the root) counts as
+    // absent, as it does for git, which never looks through symlinked directories.
+    let meta = root.inner.dir.symlink_metadata(rel).ok()?;
+    let kind = if meta.file_type().is_symlink() {
+        EntryKind::Link
+    } else if meta.is_file() {
+        if is_executable(&meta) {
+            EntryKind::BlobExecutable
+        } else {
+            EntryKind::Blob
+        }
+    } else {
+        return None;
+    };
+    let (mtime_secs, mtime_nsecs) = mtime(&meta);
+    Some(WorkMeta {
+        kind,
+        size: meta.len(),
+        mtime_secs,
+        mtime_nsecs,
+    })
+}
+
+#[cfg(unix)]
+fn is_executable(meta: &cap_std::fs::Metadata) -> bool {
+    use cap_std::fs::PermissionsExt as _;
+    meta.permissions().mode() & 0o111 != 0
+}
+
+#[cfg(not(unix))]
+fn is_executable(_meta: &cap_std::fs::Metadata) -> bool {
+    false
+}
+
+fn mtime(meta: &cap_std::fs::Metadata) -> (i64, u32) {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.into_std().duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or((0, 0), |d| {
+            (
+                i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                d.subsec_nanos(),
+            )
+        })
+}
+
+/// Compares the working tree at tracked path `rel` with `base` (its entry in the base tree).
+fn work_state(
+    root: &ToolRoot,
+    repo: &gix::Repository,
+    rel: &str,
+    base: Option<Entry>,
+    index: Option<&IndexEntry>,
+    index_time: i64,
+) -> Result<WorkState, ToolError> {
+    if base.is_some_and(|b| b.kind == EntryKind::Commit) {
+        // Submodules are not looked into.
+        return Ok(WorkState::Unchanged);
+    }
+    let Some(meta) = work_meta(root, rel) else {
+        return Ok(WorkState::Missing);
+    };
+    if let (Some(base), Some(index)) = (base, index) {
+        // The stat shortcut git uses: same size and mtime as when the index recorded the same
+        // object as the base, and not modified in the same second the index was written.
+        let same_stat = index.id == base.id
+            && base.kind == meta.kind
+            && u64::from(index.size) == (meta.size & u64::from(u32::MAX))
+            && i64::from(index.mtime_secs) == meta.mtime_secs
+            && index.mtime_nsecs == meta.mtime_nsecs
+            && meta.mtime_secs < index_time;
+        if same_stat {
+            return Ok(WorkState::Unchanged);
+        }
+    }
+    let max = root.limits().max_read_bytes;
+    let hash_kind = repo.object_hash();
+    let (content, id) = if meta.kind == EntryKind::Link {
+        let target = root
+            .inner
+            .dir
+            .read_link_contents(rel)
+            .map_err(|err| confine::io_error(rel, err))?;
+        let bytes = target.into_os_string().into_encoded_bytes();
+        let id =
+            gix::objs::compute_hash(hash_kind, gix::objs::Kind::Blob, &bytes).map_err(git_error)?;
+        (Content::Bytes(bytes), id)
+    } else {
+        let file = match root.inner.dir.open(rel) {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(WorkState::Missing);
+            }
+            Err(err) => return Err(confine::io_error(rel, err)),
+        };
+        if meta.size > max {
+            // Too large to show, but whether it changed is still known exactly, by streaming.
+            let mut reader = file.take(meta.size);
+            let id = gix::objs::compute_stream_hash(
+                hash_kind,
+                gix::objs::Kind::Blob,
+                &mut reader,
+                meta.size,
+                &mut gix::progress::Discard,
+                &std::sync::atomic::AtomicBool::new(false),
+            )
+            .map_err(git_error)?;
+            (Content::TooLarge(meta.size), id)
+        } else {
+            let mut bytes = Vec::with_capacity(meta.size as usize);
+            file.take(max + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|err| confine::io_error(rel, err))?;
+            if bytes.len() as u64 > max {
+                (
+                    Content::TooLarge(bytes.len() as u64),
+                    ObjectId::null(hash_kind),
+                )
+            } else {
+                let id = gix::objs::compute_hash(hash_kind, gix::objs::Kind::Blob, &bytes)
+                    .map_err(git_error)?;
+                (Content::Bytes(bytes), id)
+            }
+        }
+    };
+    if base.is_some_and(|b| b.id == id && b.kind == meta.kind) {
+        return Ok(WorkState::Unchanged);
+    }
+    Ok(WorkState::Changed(meta.kind, content))
+}
+
+/// The changes from the tree `base` to the working tree, over the tracked paths (in `base` or in
+/// the index).
+fn worktree_changes(
+    root: &ToolRoot,
+    repo: &gix::Repository,
+    base: Option<ObjectId>,
+) -> Result<Vec<Change>, ToolError> {
+    let base = flatten(repo, base)?;
+    let index = index_view(repo)?;
+    let tracked: BTreeSet<&String> = base.keys().chain(index.entries.keys()).collect();
+    let mut out = Vec::new();
+    for path in tracked {
+        let old = base.get(path.as_str()).copied();
+        let state = work_state(
+            root,
+            repo,
+            path,
+            old,
+            index.entries.get(path.as_str()),
+            index.timestamp,
+        )?;
+        let new = match state {
+            WorkState::Unchanged => continue,
+            WorkState::Missing if old.is_none() => continue,
+            WorkState::Missing => None,
+            WorkState::Changed(kind, content) => Some(Side::Work(kind, content)),
+        };
+        out.push(Change {
+            path: path.clone(),
+            old: old.map(Side::Object),
+            new,
+        });
+    }
+    Ok(out)
+}
+
+/// Reads an object's bytes, or only its size when it is larger than `max`.
+fn blob(repo: &gix::Repository, id: ObjectId, max: u64) -> Result<Content, ToolError> {
+    let size = repo.find_header(id).map_err(git_error)?.size();
+    if size > max {
+        return Ok(Content::TooLarge(size));
+    }
+    let object = repo.find_object(id).map_err(git_error)?;
+    Ok(Content::Bytes(object.detach().data))
+}
+
+/// The content of one side, loading objects now.
+fn side_content(
+    repo: &gix::Repository,
+    side: Side,
+    max: u64,
+) -> Result<(EntryKind, Content), ToolError> {
+    match side {
+        Side::Work(kind, content) => Ok((kind, content)),
+        Side::Object(entry) if entry.kind == EntryKind::Commit => Ok((
+            entry.kind,
+            Content::Bytes(format!("Subproject commit {}\n", entry.id).into_bytes()),
+        )),
+        Side::Object(entry) => Ok((entry.kind, blob(repo, entry.id, max)?)),
+    }
+}
+
+fn mode_of(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::Tree => "040000",
+        EntryKind::Blob => "100644",
+        EntryKind::BlobExecutable => "100755",
+        EntryKind::Link => "120000",
+        EntryKind::Commit => "160000",
+    }
+}
+
+fn content_size(content: &Content) -> u64 {
+    match content {
+        Content::Bytes(bytes) => bytes.len() as u64,
+        Content::TooLarge(size) => *size,
+    }
+}
+
+fn is_binary(content: &Content) -> bool {
+    match content {
+        Content::Bytes(bytes) => bytes[..bytes.len().min(BINARY_PROBE)].contains(&0),
+        Content::TooLarge(_) => false,
+    }
+}
+
+/// Renders changes as a git-style unified diff appended to `out`, enforcing the output limit.
+fn render_changes(
+    repo: &gix::Repository,
+    root: &ToolRoot,
+    mut changes: Vec<Change>,
+    mut out: String,
+    what: &str,
+) -> Result<String, ToolError> {
+    let limits = root.limits();
+    changes.sort_by(|a, b| a.path.cmp(&b.path));
+    for change in changes {
+        let old = change
+            .old
+            .map(|side| side_content(repo, side, limits.max_read_bytes))
+            .transpose()?;
+        let new = change
+            .new
+            .map(|side| side_content(repo, side, limits.max_read_bytes))
+            .transpose()?;
+        render_one(&mut out, &change.path, old, new, limits.max_read_bytes);
+        if out.len() > limits.max_output_bytes {
+            break;
+        }
+    }
+    if out.len() > limits.max_output_bytes {
+        return Err(output_limit(
+            what,
+            limits.max_output_bytes,
+            "narrow it to fewer commits or files",
+        ));
+    }
+    Ok(out)
+}
+
+fn render_one(
+    out: &mut String,
+    path: &str,
+    old: Option<(EntryKind, Content)>,
+    new: Option<(EntryKind, Content)>,
+    max_read: u64,
+) {
+    // Like git, a file that became a symlink (or the reverse) is a deletion plus an addition.
+    if let (Some((a, _)), Some((b, _))) = (&old, &new)
+        && (*a == EntryKind::Link) != (*b == EntryKind::Link)
+    {
+        render_one(out, path, old, None, max_read);
+        render_one(out, path, None, new, max_read);
+        return;
+    }
+    let _ = writeln!(out, "diff --git a/{path} b/{path}");
+    match (&old, &new) {
+        (None, Some((kind, _))) => {
+            let _ = writeln!(out, "new file mode {}", mode_of(*kind));
+        }
+        (Some((kind, _)), None) => {
+            let _ = writeln!(out, "deleted file mode {}", mode_of(*kind));
+        }
+        (Some((a, _)), Some((b, _))) if a != b => {
+            let _ = writeln!(out, "old mode {}\nnew mode {}", mode_of(*a), mode_of(*b));
+        }
+        _ => {}
+    }
+    let empty = Content::Bytes(Vec::new());
+    let old_content = old.as_ref().map_or(&empty, |(_, c)| c);
+    let new_content = new.as_ref().map_or(&empty, |(_, c)| c);
+    let old_name = if old.is_some() {
+        format!("a/{path}")
+    } else {
+        "/dev/null".into()
+    };
+    let new_name = if new.is_some() {
+        format!("b/{path}")
+    } else {
+        "/dev/null".into()
+    };
+    match (old_content, new_content) {
+        (Content::TooLarge(_), _) | (_, Content::TooLarge(_)) => {
+            let size = content_size(old_content).max(content_size(new_content));
+            let _ = writeln!(
+                out,
+                "(not shown: {size} bytes, over the read limit of {max_read} bytes; raise \
+                 --max-read-bytes to see it)"
+            );
+        }
+        (Content::Bytes(a), Content::Bytes(b)) => {
+            if a == b {
+                return;
+            }
+            if is_binary(old_content) || is_binary(new_content) {
+                let _ = writeln!(out, "Binary files {old_name} and {new_name} differ");
+                return;
+            }
+            let a = String::from_utf8_lossy(a);
+            let b = String::from_utf8_lossy(b);
+            let diff = TextDiff::configure()
+                .algorithm(Algorithm::Myers)
+                .timeout(DIFF_TIMEOUT)
+                .diff_lines(a.as_ref(), b.as_ref());
+            let _ = writeln!(out, "--- {old_name}\n+++ {new_name}");
+            for hunk in diff.unified_diff().context_radius(3).iter_hunks() {
+                let _ = write!(out, "{hunk}");
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! `grep`: a ripgrep-style search of the files under the root.
+
+use super::walk::{self, Mode, Pattern};
+use super::{GrepMatch, GrepOptions, ToolError, ToolRoot, confine, output_limit};
+use grep_regex::RegexMatcherBuilder;
+use grep_searcher::{BinaryDetection, Searcher, SearcherBuilder, Sink, SinkMatch};
+use std::ops::Range;
+
+/// Collects the matches of one file into reusable buffers, so that a file without matches costs
+/// no allocation.
+struct FileMatches {
+    /// (line number, range of the line in `text`) per match.
+    lines: Vec<(u64, Range<usize>)>,
+    text: Vec<u8>,
+    /// Stop the file after this many matches.
+    room: usize,
+    /// The file turned out to be binary: its matches are dropped.
+    binary: bool,
+}
+
+impl FileMatches {
+    fn reset(&mut self, room: usize) {
+        self.lines.clear();
+        self.text.clear();
+        self.room = room;
+        self.binary = false;
+    }
+}
+
+impl Sink for &mut FileMatches {
+    type Error = std::io::Error;
+
+    fn matched(&mut self, _searcher: &Searcher, mat: &SinkMatch<'_>) -> Result<bool, Self::Error> {
+        let mut bytes = mat.bytes();
+        while let Some(rest) = bytes
+            .strip_suffix(b"\n")
+            .or_else(|| bytes.strip_suffix(b"\r"))
+        {
+            bytes = rest;
+        }
+        let start = self.text.len();
+        self.text.extend_from_slice(bytes);
+        self.lines
+            .push((mat.line_number().unwrap_or(0), start..self.text.len()));
+        Ok(self.lines.len() < self.room)
+    }
+
+    fn binary_data(
+        &mut self,
+        _searcher: &Searcher,
+        _binary_byte_offset: u64,
+    ) -> Result<bool, Self::Error> {
+        self.binary = true;
+        Ok(false)
+    }
+}
+
+/// Implements [`ToolRoot::grep`].
+pub(super) fn grep(
+    root: &ToolRoot,
+    pattern: &str,
+    options: &GrepOptions,
+) -> Result<Vec<GrepMatch>, ToolError> {
+    let limits = root.limits();
+    if pattern.contains('\0') {
+        return Err(ToolError::InvalidInput(format!(
+            "grep pattern {pattern:?} contains a NUL byte: remove it"
+        )));
+    }
+    let matcher = RegexMatcherBuilder::new()
+        .case_insensitive(options.ignore_case)
+        // Matches never span lines, which also enables the fast line-oriented search.
+        .line_terminator(Some(b'\n'))
+        .build(pattern)
+        .map_err(|err| {
+            ToolError::InvalidInput(format!(
+                "invalid grep pattern {pattern:?}: {err}: fix the regular expression (Rust regex syntax)"
+            ))
+        })?;
+    let filter = options
+        .glob
+        .as_deref()
+        .map(Pattern::file_filter)
+        .transpose()?;
+    // With an explicit max_matches the answer is silently cut there; without, more matches than
+    // the host limit is an error, so that the guest knows the answer is incomplete.
+    let (cap, overflow_is_error) = match options.max_matches {
+        Some(n) => ((n as usize).min(limits.max_grep_matches), false),
+        None => (limits.max_grep_matches, true),
+    };
+    let mut out: Vec<GrepMatch> = Vec::new();
+    if cap == 0 && !overflow_is_error {
+        return Ok(out);
+    }
+    let mut searcher = SearcherBuilder::new()
+        .line_number(true)
+        .binary_detection(BinaryDetection::quit(0))
+        .build();
+    let mut found = FileMatches {
+        lines: Vec::new(),
+        text: Vec::new(),
+        room: 0,
+        binary: false,
+    };
+    let mut out_bytes = 0usize;
+    let base = root.path();
+    'files: for entry in walk::walker(root, Mode::Search, filter.as_ref()) {
+        let Ok(entry) = entry else { continue };
+        if !entry.file_type().is_some_and(|t| t.is_file()) {
+            continue;
+        }
+        let Ok(rel) = entry.path().strip_prefix(base) else {
+            continue;
+        };
+        if filter.as_ref().is_some_and(|f| !f.is_match(rel)) {
+            continue;
+        }
+        // Opening through the capability keeps a file swapped for a symlink after the walk inside.
+        let Ok(file) = root.inner.dir.open(rel) else {
+            continue;
+        };
+        let file = file.into_std();
+        // One more than the room left, to tell "exactly at the limit" from "over it".
+        found.reset(cap - out.len() + usize::from(overflow_is_error));
+        if searcher.search_file(&matcher, &file, &mut found).is_err() || found.binary {
+            continue;
+        }
+        if found.lines.is_empty() {
+            continue;
+        }
+        let path = confine::rel_string(rel);
+        for (line, range) in &found.lines {
+            if out.len() == cap {
+                if overflow_is_error {
+                    return Err(ToolError::Limit(format!(
+                        "grep {pattern:?} has more than {cap} matches: narrow the pattern or the \
+                         glob, pass max_matches, or raise --max-grep-matches"
+                    )));
+                }
+                break 'files;
+            }
+            let text = String::from_utf8_lossy(&found.text[range.clone()]).into_owned();
+            // Counted as the `path:line:text\n` lines a human would see.
+            out_bytes += path.len() + text.len() + decimal_len(*line) + 3;
+            if out_bytes > limits.max_output_bytes {
+                return Err(output_limit(
+                    "grep answer",
+                    limits.max_output_bytes,
+                    "narrow the pattern or the glob, pass max_matches",
+                ));
+            }
+            out.push(GrepMatch {
+                path: path.clone(),
+                line: u32::try_from(*line).unwrap_or(u32::MAX),
+                text,
+            });
+        }
+        if out.len() == cap && !overflow_is_error {
+            break;
+        }
+    }
+    // The walk visits `a/b` before `a.b`; answers are sorted by path string, then line.
+    out.sort_by(|a, b| a.path.cmp(&b.path).then(a.line.cmp(&b.line)));
+    Ok(out)
+}
+
+fn decimal_len(mut n: u64) -> usize {
+    let mut len = 1;
+    while n >= 10 {
+        n /= 10;
+        len += 1;
+    }
+    len
+}

@@ -1,0 +1,921 @@
+//! A loaded workflow script on QuickJS: compiling it, the native functions behind the
+//! JavaScript API, and the event loop that drives agent calls to completion.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::rc::Rc;
+
+use rquickjs::context::EvalOptions;
+use rquickjs::function::Opt;
+use rquickjs::promise::PromiseState;
+use rquickjs::{
+    Array, Context, Ctx, Exception, Function, Object, Persistent, Promise, Runtime, Value,
+};
+
+use crate::bindings::corral::workflow::agents::{
+    AgentError, AgentOptions, CallId, Completion, Effort,
+};
+use crate::bindings::corral::workflow::tools::{GrepOptions, ToolError};
+use crate::frontend::{self, CheckError};
+use crate::host::Host;
+
+/// Limits of the JavaScript engine inside the component. The host's own memory limit must leave
+/// room above `memory` for the runtime itself (a few MiB), so that a script that allocates too
+/// much gets a catchable JavaScript error rather than a trap.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// QuickJS heap limit in bytes; past it, allocations throw `InternalError: out of memory`.
+    pub memory: usize,
+    /// QuickJS stack limit in bytes; past it, calls throw `RangeError`. It must stay below the
+    /// component's shadow stack (1 MiB, Rust's default for wasm32).
+    pub stack: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: 256 << 20,
+            stack: 512 << 10,
+        }
+    }
+}
+
+/// The file name QuickJS reports for frames of the prelude; they are left out of stack traces.
+const PRELUDE_NAME: &str = "corral:prelude";
+/// The prelude: the JavaScript half of the workflow API.
+const PRELUDE: &str = include_str!("prelude.js");
+
+/// The script body is compiled inside this, on the same line as its first line, so that only
+/// columns of line 1 move (and [`fix_positions`] moves them back).
+const WRAP_START: &str = "(async function () { 'use strict'; ";
+/// Closes the function; on a line of its own so that a trailing `//` comment cannot swallow it.
+const WRAP_END: &str = "\n})";
+
+/// A compiled workflow script, ready to run once.
+pub struct Workflow {
+    name: String,
+    /// The compiled script: an async function of no arguments.
+    main: Persistent<Function<'static>>,
+    /// The prelude's `settle(id, ok, value)`.
+    settle: Persistent<Function<'static>>,
+    state: Rc<State>,
+    limits: Limits,
+    // The context and the runtime go last: fields drop in order, and the persistent values above
+    // must be released while the runtime still exists.
+    context: Context,
+    runtime: Runtime,
+}
+
+/// What the native functions share with the event loop.
+struct State {
+    host: Rc<dyn Host>,
+    /// Whether `run` has started; host calls are refused before it (at load time).
+    running: Cell<bool>,
+    /// Agent calls started and not yet handed back by `wait`, with the label they were given.
+    pending: RefCell<BTreeMap<CallId, Option<String>>>,
+    /// Unknown option names already warned about, so each is logged once.
+    warned: RefCell<BTreeSet<String>>,
+}
+
+/// Any failure while talking to QuickJS, already turned into the message the host gets.
+type Failure = String;
+
+impl Workflow {
+    /// Checks and compiles `source`. `name` (a file name) is used in messages and stack traces.
+    pub fn load(
+        name: &str,
+        source: &str,
+        host: Rc<dyn Host>,
+        limits: Limits,
+    ) -> Result<Workflow, Failure> {
+        let prepared = frontend::prepare(source).map_err(|errors| check_errors(name, &errors))?;
+        let runtime = Runtime::new().map_err(|e| format!("cannot start QuickJS: {e}"))?;
+        runtime.set_memory_limit(limits.memory);
+        runtime.set_max_stack_size(limits.stack);
+        let context = Context::full(&runtime).map_err(|e| format!("cannot start QuickJS: {e}"))?;
+        let state = Rc::new(State {
+            host,
+            running: Cell::new(false),
+            pending: RefCell::new(BTreeMap::new()),
+            warned: RefCell::new(BTreeSet::new()),
+        });
+
+        let (main, settle) = context.with(|ctx| {
+            let natives = natives(&ctx, &state).map_err(|e| internal(&ctx, e, name))?;
+            let prelude: Function = ctx
+                .eval_with_options(PRELUDE, eval_options(PRELUDE_NAME))
+                .map_err(|e| internal(&ctx, e, name))?;
+            let api: Object = prelude
+                .call((natives,))
+                .map_err(|e| internal(&ctx, e, name))?;
+            let settle: Function = api.get("settle").map_err(|e| internal(&ctx, e, name))?;
+
+            let wrapped = format!("{WRAP_START}{}{WRAP_END}", prepared.body);
+            let main: Value = ctx
+                .eval_with_options(wrapped.as_str(), eval_options(name))
+                .map_err(|e| compile_error(&ctx, e, name, source, prepared.lex_error.as_ref()))?;
+            // A script with an unmatched `}` could close the wrapper early; it would then not be
+            // the one function compiled from the whole text.
+            let whole = main
+                .as_function()
+                .and_then(|f| {
+                    f.get::<_, Function>("toString")
+                        .ok()
+                        .map(|to_string| (f, to_string))
+                })
+                .and_then(|(f, to_string)| {
+                    to_string
+                        .call::<_, String>((rquickjs::function::This(f.clone()),))
+                        .ok()
+                })
+                .is_some_and(|text| text == wrapped[1..wrapped.len() - 1]);
+            if !whole {
+                let hint = prepared.lex_error.as_ref().map_or_else(
+                    || "1:1: the script's brackets do not balance".to_owned(),
+                    ToString::to_string,
+                );
+                return Err(format!("{name}:{hint}"));
+            }
+            let main = main.into_function().expect("checked above");
+            Ok((Persistent::save(&ctx, main), Persistent::save(&ctx, settle)))
+        })?;
+
+        Ok(Workflow {
+            name: name.to_owned(),
+            main,
+            settle,
+            state,
+            limits,
+            context,
+            runtime,
+        })
+    }
+
+    /// Runs the script with `args_json` as `args` (`null` means none) until its promise settles,
+    /// and returns its result as JSON text.
+    pub fn run(&self, args_json: &str) -> Result<String, Failure> {
+        if self.state.running.replace(true) {
+            return Err("the script has already run: a loaded script runs once".to_owned());
+        }
+        let name = self.name.as_str();
+        let promise = self.context.with(|ctx| {
+            let args = match args_json.trim() {
+                "" | "null" => Value::new_undefined(ctx.clone()),
+                json => ctx
+                    .json_parse(json)
+                    .map_err(|e| format!("args are not valid JSON: {}", caught(&ctx, e, name)))?,
+            };
+            ctx.globals()
+                .set("args", args)
+                .map_err(|e| internal(&ctx, e, name))?;
+            let main = self
+                .main
+                .clone()
+                .restore(&ctx)
+                .map_err(|e| internal(&ctx, e, name))?;
+            let promise: Promise = main.call(()).map_err(|e| self.uncaught(&ctx, e))?;
+            Ok::<_, Failure>(Persistent::save(&ctx, promise))
+        })?;
+
+        let outcome = self.event_loop(&promise);
+        // Calls the script started but never awaited would only spend tokens now.
+        let leftover: Vec<CallId> = std::mem::take(&mut *self.state.pending.borrow_mut())
+            .into_keys()
+            .collect();
+        for id in leftover {
+            self.state.host.agent_cancel(id);
+        }
+        outcome
+    }
+
+    fn event_loop(&self, promise: &Persistent<Promise<'static>>) -> Result<String, Failure> {
+        loop {
+            // Run every queued job (promise reactions, async continuations).
+            loop {
+                match self.runtime.execute_pending_job() {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(job) => {
+                        return Err(job.0.with(|ctx| {
+                            let value = ctx.catch();
+                            describe(&ctx, &value, &self.name, self.limits)
+                        }));
+                    }
+                }
+            }
+            let done = self.context.with(|ctx| {
+                let promise = promise
+                    .clone()
+                    .restore(&ctx)
+                    .map_err(|e| internal(&ctx, e, &self.name))?;
+                match promise.state() {
+                    PromiseState::Resolved => {
+                        let value: Value = promise
+                            .result()
+                            .expect("the promise is settled")
+                            .map_err(|e| internal(&ctx, e, &self.name))?;
+                        result_json(&ctx, value, &self.name).map(Some)
+                    }
+                    PromiseState::Rejected => {
+                        let error = promise
+                            .result::<Value>()
+                            .expect("the promise is settled")
+                            .expect_err("it rejected");
+                        Err(self.uncaught(&ctx, error))
+                    }
+                    PromiseState::Pending => self.wait_and_settle(&ctx).map(|()| None),
+                }
+            })?;
+            if let Some(json) = done {
+                return Ok(json);
+            }
+        }
+    }
+
+    /// Waits on the host for the pending agent calls and settles the promises of every call it
+    /// hands back.
+    fn wait_and_settle(&self, ctx: &Ctx<'_>) -> Result<(), Failure> {
+        let ids: Vec<CallId> = self.state.pending.borrow().keys().copied().collect();
+        if ids.is_empty() {
+            return Err(format!(
+                "{}: workflow deadlocked: the script is waiting for a promise that nothing will settle \
+                 (no agent call is pending). Await only promises from agent(), parallel(), pipeline() \
+                 or async functions built on them; a hand-made `new Promise` must be resolved by the script",
+                self.name
+            ));
+        }
+        let settle = self
+            .settle
+            .clone()
+            .restore(ctx)
+            .map_err(|e| internal(ctx, e, &self.name))?;
+        for completion in self.state.host.agent_wait(&ids) {
+            let id = completion.id;
+            // An id the host hands back twice, or one it was not asked about, is ignored.
+            let Some(label) = self.state.pending.borrow_mut().remove(&id) else {
+                continue;
+            };
+            let (ok, value) = self.completion_value(ctx, id, label.as_deref(), completion)?;
+            let () = settle
+                .call((id as f64, ok, value))
+                .map_err(|e| self.uncaught(ctx, e))?;
+        }
+        Ok(())
+    }
+
+    /// What an agent call's promise settles with: `(true, value)` to resolve, `(false, error)`
+    /// to reject.
+    fn completion_value<'js>(
+        &self,
+        ctx: &Ctx<'js>,
+        id: CallId,
+        label: Option<&str>,
+        completion: Completion,
+    ) -> Result<(bool, Value<'js>), Failure> {
+        match completion.outcome {
+            Ok(output) => {
+                let value = match output.json {
+                    Some(json) => ctx
+                        .json_parse(json)
+                        .map_err(|e| internal(ctx, e, &self.name))?,
+                    None => rquickjs::String::from_str(ctx.clone(), &output.text)
+                        .map_err(|e| internal(ctx, e, &self.name))?
+                        .into_value(),
+                };
+                Ok((true, value))
+            }
+            // Rule 6: a stopped agent or a terminal provider error resolves to null.
+            Err(AgentError::Cancelled(reason) | AgentError::Provider(reason)) => {
+                let who =
+                    label.map_or_else(|| format!("agent call {id}"), |l| format!("agent '{l}'"));
+                self.state
+                    .host
+                    .log(&format!("{who} returned null: {reason}"));
+                Ok((true, Value::new_null(ctx.clone())))
+            }
+            Err(error) => {
+                let (code, reason) = agent_error_parts(&error);
+                let message = match label {
+                    Some(l) => format!("agent '{l}' failed: {reason}"),
+                    None => format!("agent call failed: {reason}"),
+                };
+                let error = host_error(ctx, "AgentError", code, &message)
+                    .map_err(|e| internal(ctx, e, &self.name))?;
+                Ok((false, error))
+            }
+        }
+    }
+
+    fn uncaught(&self, ctx: &Ctx<'_>, error: rquickjs::Error) -> Failure {
+        match error {
+            rquickjs::Error::Exception => {
+                let value = ctx.catch();
+                describe(ctx, &value, &self.name, self.limits)
+            }
+            other => format!("{}: {other}", self.name),
+        }
+    }
+}
+
+fn eval_options(file_name: &str) -> EvalOptions {
+    let mut options = EvalOptions::default();
+    options.global = true;
+    options.strict = false;
+    options.promise = false;
+    options.backtrace_barrier = true;
+    options.filename = Some(file_name.to_owned());
+    options
+}
+
+/// The JSON text of the script's result; `undefined` (no `return`) is `null`.
+fn result_json<'js>(ctx: &Ctx<'js>, value: Value<'js>, name: &str) -> Result<String, Failure> {
+    match ctx.json_stringify(value) {
+        Ok(Some(json)) => json.to_string().map_err(|e| internal(ctx, e, name)),
+        Ok(None) => Ok("null".to_owned()),
+        Err(e) => Err(format!(
+            "{name}: the workflow's result cannot be turned into JSON: {}",
+            caught(ctx, e, name)
+        )),
+    }
+}
+
+/// The message of a failure that is not the script's fault.
+fn internal(ctx: &Ctx<'_>, error: rquickjs::Error, name: &str) -> Failure {
+    format!(
+        "{name}: internal error in the JavaScript runtime: {}",
+        caught(ctx, error, name)
+    )
+}
+
+/// A QuickJS error as text; for an exception, the exception itself.
+fn caught(ctx: &Ctx<'_>, error: rquickjs::Error, name: &str) -> String {
+    match error {
+        rquickjs::Error::Exception => {
+            let value = ctx.catch();
+            describe(ctx, &value, name, Limits::default())
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The message `load` returns for problems the front end found.
+fn check_errors(name: &str, errors: &[CheckError]) -> Failure {
+    let mut out = String::new();
+    for (i, e) in errors.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let _ = write!(out, "{name}:{e}");
+    }
+    out
+}
+
+/// The message `load` returns when QuickJS refuses the script: `name:line:column: SyntaxError:
+/// ...`, with hints.
+fn compile_error(
+    ctx: &Ctx<'_>,
+    error: rquickjs::Error,
+    name: &str,
+    source: &str,
+    lex_error: Option<&CheckError>,
+) -> Failure {
+    let rquickjs::Error::Exception = error else {
+        return format!("{name}: {error}");
+    };
+    let value = ctx.catch();
+    let (kind, message, stack) = match value.as_object() {
+        Some(object) => (
+            object
+                .get::<_, Option<String>>("name")
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| "SyntaxError".to_owned()),
+            object
+                .get::<_, Option<String>>("message")
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+            object
+                .get::<_, Option<String>>("stack")
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+        ),
+        None => (
+            "SyntaxError".to_owned(),
+            format_value(ctx, &value),
+            String::new(),
+        ),
+    };
+    // QuickJS puts the position of a syntax error in the stack: `    at name:line:column`.
+    let stack = fix_positions(&stack, name);
+    let position = stack
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("at "))
+        .find_map(|at| {
+            at.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(':'))
+        })
+        .map(|p| p.trim_end_matches(')').to_owned());
+    let mut out = match position {
+        Some(p) => format!("{name}:{p}: {kind}: {message}"),
+        None => format!("{name}: {kind}: {message}"),
+    };
+    if let Some(pos) = frontend::typescript_hint(source) {
+        let _ = write!(
+            out,
+            "\n{name}:{pos}: this looks like TypeScript; workflows are plain JavaScript: remove type \
+             annotations, interfaces, type aliases and `as` casts"
+        );
+    }
+    if let Some(hint) = lex_error {
+        let _ = write!(out, "\n{name}:{hint}");
+    }
+    out
+}
+
+/// Undoes the shift [`WRAP_START`] gives the columns of line 1 in `name:1:column` positions.
+fn fix_positions(text: &str, name: &str) -> String {
+    let needle = format!("{name}:1:");
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(&needle) {
+        let (before, after) = rest.split_at(at + needle.len());
+        out.push_str(before);
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        match after[..digits].parse::<usize>() {
+            Ok(column) if column > WRAP_START.len() => {
+                let _ = write!(out, "{}", column - WRAP_START.len());
+            }
+            _ => out.push_str(&after[..digits]),
+        }
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Describes a thrown value for the host: `Name [code]: message` and the stack, without the
+/// prelude's frames.
+fn describe<'js>(ctx: &Ctx<'js>, value: &Value<'js>, name: &str, limits: Limits) -> String {
+    let Some(object) = value.as_object().filter(|_| value.is_error()) else {
+        return format!("uncaught exception: {}", format_value(ctx, value));
+    };
+    let get = |key: &str| {
+        object
+            .get::<_, Option<rquickjs::Coerced<String>>>(key)
+            .ok()
+            .flatten()
+            .map(|c| c.0)
+    };
+    let kind = get("name").unwrap_or_else(|| "Error".to_owned());
+    let message = get("message").unwrap_or_default();
+    let code = object.get::<_, Option<String>>("code").ok().flatten();
+    let mut out = match code {
+        Some(code) => format!("{kind} [{code}]: {message}"),
+        None => format!("{kind}: {message}"),
+    };
+    if kind == "InternalError" && message == "out of memory" {
+        let _ = write!(
+            out,
+            " (the script's JavaScript heap is limited to {} MiB; keep fewer or smaller values alive)",
+            limits.memory >> 20
+        );
+    } else if kind == "RangeError" && message.contains("call stack") {
+        out.push_str(" (a recursion that never ends, or one too deep: use a loop)");
+    }
+    if let Some(stack) = get("stack") {
+        for line in fix_positions(&stack, name).lines() {
+            if !line.trim().is_empty() && !line.contains(PRELUDE_NAME) {
+                out.push('\n');
+                out.push_str(line);
+            }
+        }
+    }
+    out
+}
+
+/// Any value as short text: JSON when it has one, else its string form.
+fn format_value<'js>(ctx: &Ctx<'js>, value: &Value<'js>) -> String {
+    if let Ok(Some(json)) = ctx.json_stringify(value.clone())
+        && let Ok(json) = json.to_string()
+    {
+        return json;
+    }
+    value
+        .get::<rquickjs::Coerced<String>>()
+        .map(|c| c.0)
+        .unwrap_or_else(|_| format!("<{}>", value.type_name()))
+}
+
+/// Creates the error a host failure throws: an `Error` named `kind` with a `code` property.
+fn host_error<'js>(
+    ctx: &Ctx<'js>,
+    kind: &str,
+    code: &str,
+    message: &str,
+) -> rquickjs::Result<Value<'js>> {
+    let error = Exception::from_message(ctx.clone(), message)?;
+    error.set("name", kind)?;
+    error.set("code", code)?;
+    Ok(error.into_value())
+}
+
+/// Throws [`host_error`].
+fn throw_host_error(ctx: &Ctx<'_>, kind: &str, code: &str, message: &str) -> rquickjs::Error {
+    match host_error(ctx, kind, code, message) {
+        Ok(error) => ctx.throw(error),
+        Err(e) => e,
+    }
+}
+
+fn agent_error_parts(error: &AgentError) -> (&'static str, &str) {
+    match error {
+        AgentError::BudgetExhausted(r) => ("budget-exhausted", r),
+        AgentError::AgentLimit(r) => ("agent-limit", r),
+        AgentError::SchemaMismatch(r) => ("schema-mismatch", r),
+        AgentError::Provider(r) => ("provider", r),
+        AgentError::Timeout(r) => ("timeout", r),
+        AgentError::Cancelled(r) => ("cancelled", r),
+        AgentError::Denied(r) => ("denied", r),
+        AgentError::InvalidInput(r) => ("invalid-input", r),
+    }
+}
+
+fn tool_error(ctx: &Ctx<'_>, what: &str, error: ToolError) -> rquickjs::Error {
+    let (code, reason) = match &error {
+        ToolError::Denied(r) => ("denied", r),
+        ToolError::NotFound(r) => ("not-found", r),
+        ToolError::InvalidInput(r) => ("invalid-input", r),
+        ToolError::Limit(r) => ("limit", r),
+        ToolError::Io(r) => ("io", r),
+    };
+    throw_host_error(ctx, "ToolError", code, &format!("{what}: {reason}"))
+}
+
+/// Refuses host calls while the script is only being loaded.
+fn require_running(ctx: &Ctx<'_>, state: &State, what: &str) -> rquickjs::Result<()> {
+    if state.running.get() {
+        Ok(())
+    } else {
+        Err(Exception::throw_message(
+            ctx,
+            &format!("{what} cannot be called while the script is being loaded"),
+        ))
+    }
+}
+
+/// The native functions the prelude builds the API on.
+fn natives<'js>(ctx: &Ctx<'js>, state: &Rc<State>) -> rquickjs::Result<Object<'js>> {
+    let natives = Object::new(ctx.clone())?;
+
+    let s = state.clone();
+    natives.set(
+        "agentStart",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, prompt: String, opts: Opt<Value<'js>>| -> rquickjs::Result<f64> {
+                require_running(&ctx, &s, "agent()")?;
+                let options = agent_options(&ctx, &s, opts.0)?;
+                match s.host.agent_start(&prompt, &options) {
+                    Ok(id) => {
+                        s.pending.borrow_mut().insert(id, options.label);
+                        Ok(id as f64)
+                    }
+                    Err(error) => {
+                        let (code, reason) = agent_error_parts(&error);
+                        Err(throw_host_error(
+                            &ctx,
+                            "AgentError",
+                            code,
+                            &format!("agent() failed: {reason}"),
+                        ))
+                    }
+                }
+            },
+        )?,
+    )?;
+
+    let s = state.clone();
+    natives.set(
+        "read",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, path: String| -> rquickjs::Result<String> {
+                require_running(&ctx, &s, "tools.read()")?;
+                s.host
+                    .read(&path)
+                    .map_err(|e| tool_error(&ctx, &format!("tools.read({path:?})"), e))
+            },
+        )?,
+    )?;
+
+    let s = state.clone();
+    natives.set(
+        "glob",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, pattern: String| -> rquickjs::Result<Vec<String>> {
+                require_running(&ctx, &s, "tools.glob()")?;
+                s.host
+                    .glob(&pattern)
+                    .map_err(|e| tool_error(&ctx, &format!("tools.glob({pattern:?})"), e))
+            },
+        )?,
+    )?;
+
+    let s = state.clone();
+    natives.set(
+        "grep",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>,
+                  pattern: String,
+                  glob: Option<String>,
+                  ignore_case: bool,
+                  max_matches: Option<u32>|
+                  -> rquickjs::Result<Array<'js>> {
+                require_running(&ctx, &s, "tools.grep()")?;
+                let options = GrepOptions {
+                    glob,
+                    ignore_case,
+                    max_matches,
+                };
+                let matches = s
+                    .host
+                    .grep(&pattern, &options)
+                    .map_err(|e| tool_error(&ctx, &format!("tools.grep({pattern:?})"), e))?;
+                let array = Array::new(ctx.clone())?;
+                for (i, m) in matches.into_iter().enumerate() {
+                    let object = Object::new(ctx.clone())?;
+                    object.set("path", m.path)?;
+                    object.set("line", m.line)?;
+                    object.set("text", m.text)?;
+                    array.set(i, object)?;
+                }
+                Ok(array)
+            },
+        )?,
+    )?;
+
+    let s = state.clone();
+    natives.set(
+        "gitLog",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>,
+                  path: Option<String>,
+                  max: Option<u32>|
+                  -> rquickjs::Result<Array<'js>> {
+                require_running(&ctx, &s, "tools.git.log()")?;
+                let commits = s
+                    .host
+                    .git_log(path.as_deref(), max)
+                    .map_err(|e| tool_error(&ctx, "tools.git.log()", e))?;
+                let array = Array::new(ctx.clone())?;
+                for (i, c) in commits.into_iter().enumerate() {
+                    let object = Object::new(ctx.clone())?;
+                    object.set("id", c.id)?;
+                    object.set("author", c.author)?;
+                    object.set("time", c.time as f64)?;
+                    object.set("summary", c.summary)?;
+                    array.set(i, object)?;
+                }
+                Ok(array)
+            },
+        )?,
+    )?;
+
+    let s = state.clone();
+    natives.set(
+        "gitShow",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, rev: String, path: Option<String>| -> rquickjs::Result<String> {
+                require_running(&ctx, &s, "tools.git.show()")?;
+                s.host
+                    .git_show(&rev, path.as_deref())
+                    .map_err(|e| tool_error(&ctx, &format!("tools.git.show({rev:?})"), e))
+            },
+        )?,
+    )?;
+
+    let s = state.clone();
+    natives.set(
+        "gitDiff",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, range: Option<String>| -> rquickjs::Result<String> {
+                require_running(&ctx, &s, "tools.git.diff()")?;
+                s.host
+                    .git_diff(range.as_deref())
+                    .map_err(|e| tool_error(&ctx, "tools.git.diff()", e))
+            },
+        )?,
+    )?;
+
+    let s = state.clone();
+    natives.set(
+        "gitStatus",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>| -> rquickjs::Result<Array<'js>> {
+                require_running(&ctx, &s, "tools.git.status()")?;
+                let entries = s
+                    .host
+                    .git_status()
+                    .map_err(|e| tool_error(&ctx, "tools.git.status()", e))?;
+                let array = Array::new(ctx.clone())?;
+                for (i, e) in entries.into_iter().enumerate() {
+                    let object = Object::new(ctx.clone())?;
+                    object.set("path", e.path)?;
+                    object.set("status", e.status)?;
+                    array.set(i, object)?;
+                }
+                Ok(array)
+            },
+        )?,
+    )?;
+
+    let s = state.clone();
+    natives.set(
+        "phase",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, title: String| -> rquickjs::Result<()> {
+                require_running(&ctx, &s, "phase()")?;
+                s.host.phase(&title);
+                Ok(())
+            },
+        )?,
+    )?;
+
+    let s = state.clone();
+    natives.set(
+        "log",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, message: String| -> rquickjs::Result<()> {
+                require_running(&ctx, &s, "log()")?;
+                s.host.log(&message);
+                Ok(())
+            },
+        )?,
+    )?;
+
+    let s = state.clone();
+    natives.set(
+        "budgetTotal",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>| -> rquickjs::Result<Option<f64>> {
+                require_running(&ctx, &s, "budget.total")?;
+                Ok(s.host.budget_total().map(|t| t as f64))
+            },
+        )?,
+    )?;
+
+    let s = state.clone();
+    natives.set(
+        "budgetSpent",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>| -> rquickjs::Result<f64> {
+            require_running(&ctx, &s, "budget.spent()")?;
+            Ok(s.host.budget_spent() as f64)
+        })?,
+    )?;
+
+    let s = state.clone();
+    natives.set(
+        "budgetRemaining",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>| -> rquickjs::Result<Option<f64>> {
+                require_running(&ctx, &s, "budget.remaining()")?;
+                Ok(s.host.budget_remaining().map(|t| t as f64))
+            },
+        )?,
+    )?;
+
+    Ok(natives)
+}
+
+/// The option names `agent()` knows.
+const AGENT_OPTIONS: &str =
+    "label, phase, model, effort, schema, tools, maxTokens, maxTurns, timeoutMs";
+
+/// Reads `agent()`'s options object.
+fn agent_options<'js>(
+    ctx: &Ctx<'js>,
+    state: &State,
+    opts: Option<Value<'js>>,
+) -> rquickjs::Result<AgentOptions> {
+    let mut options = AgentOptions {
+        label: None,
+        phase: None,
+        model: None,
+        effort: None,
+        schema: None,
+        tools: None,
+        max_tokens: None,
+        max_turns: None,
+        timeout_ms: None,
+    };
+    let Some(opts) = opts.filter(|o| !o.is_undefined() && !o.is_null()) else {
+        return Ok(options);
+    };
+    let Some(object) = opts
+        .as_object()
+        .filter(|_| !opts.is_array() && !opts.is_function())
+    else {
+        return Err(Exception::throw_type(
+            ctx,
+            "agent(prompt, opts): opts must be an object",
+        ));
+    };
+    let type_error = |key: &str, what: &str| {
+        Exception::throw_type(
+            ctx,
+            &format!("agent(prompt, opts): opts.{key} must be {what}"),
+        )
+    };
+    for key in object.keys::<String>() {
+        let key = key?;
+        let value: Value = object.get(key.as_str())?;
+        if value.is_undefined() || value.is_null() {
+            continue;
+        }
+        let string = |value: &Value<'js>| value.as_string().and_then(|s| s.to_string().ok());
+        let count = |value: &Value<'js>, key: &str| -> rquickjs::Result<u32> {
+            match value.as_number() {
+                Some(n) if n.fract() == 0.0 && n >= 1.0 && n <= f64::from(u32::MAX) => Ok(n as u32),
+                _ => Err(type_error(key, "a whole number from 1 to 4294967295")),
+            }
+        };
+        match key.as_str() {
+            "label" => {
+                options.label = Some(string(&value).ok_or_else(|| type_error("label", "a string"))?)
+            }
+            "phase" => {
+                options.phase = Some(string(&value).ok_or_else(|| type_error("phase", "a string"))?)
+            }
+            "model" => {
+                options.model = Some(string(&value).ok_or_else(|| type_error("model", "a string"))?)
+            }
+            "effort" => {
+                options.effort = Some(match string(&value).as_deref() {
+                    Some("low") => Effort::Low,
+                    Some("medium") => Effort::Medium,
+                    Some("high") => Effort::High,
+                    Some("xhigh") => Effort::Xhigh,
+                    Some("max") => Effort::Max,
+                    _ => {
+                        return Err(type_error(
+                            "effort",
+                            "one of 'low', 'medium', 'high', 'xhigh', 'max'",
+                        ));
+                    }
+                });
+            }
+            "schema" => {
+                options.schema = Some(if let Some(text) = string(&value) {
+                    text
+                } else if value.is_object() && !value.is_array() && !value.is_function() {
+                    ctx.json_stringify(value)?
+                        .ok_or_else(|| type_error("schema", "a JSON Schema object"))?
+                        .to_string()?
+                } else {
+                    return Err(type_error("schema", "a JSON Schema object"));
+                });
+            }
+            "tools" => {
+                let names = value
+                    .as_array()
+                    .map(|a| {
+                        a.iter::<Value>()
+                            .map(|v| v.ok().as_ref().and_then(string))
+                            .collect::<Option<Vec<_>>>()
+                    })
+                    .and_then(|v| v)
+                    .ok_or_else(|| {
+                        type_error("tools", "an array of tool names (read, glob, grep, git)")
+                    })?;
+                options.tools = Some(names);
+            }
+            "maxTokens" => options.max_tokens = Some(count(&value, "maxTokens")?),
+            "maxTurns" => options.max_turns = Some(count(&value, "maxTurns")?),
+            "timeoutMs" => options.timeout_ms = Some(count(&value, "timeoutMs")?),
+            unknown => {
+                if state.warned.borrow_mut().insert(unknown.to_owned()) {
+                    state.host.log(&format!(
+                        "agent(): unknown option `{unknown}` is ignored (options: {AGENT_OPTIONS})"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(options)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,125 @@
+//! Builds the guest components the tests run, once per test process.
+//!
+//! Every guest crate — the test guests under `tests/guests/` and every Rust workflow crate under
+//! `workflows/` — is built with one `cargo build --profile guest --target wasm32-wasip2` the
+//! first time a test asks for a guest; later calls (from any test thread) reuse the result.
+//!
+//! The build uses the workspace's own target directory: cargo releases its build-directory lock
+//! before it runs test binaries, so a nested `cargo build` from inside `cargo test` does not
+//! deadlock (checked with cargo 1.95). It waits, like any cargo command, while another cargo
+//! process holds the lock.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The guest crates under `tests/guests/` (each crate is named like its folder).
+pub const TEST_GUESTS: &[&str] = &["probe", "forbidden"];
+
+/// The target triple guests are built for.
+pub const GUEST_TARGET: &str = "wasm32-wasip2";
+
+/// The cargo profile guests are built with (declared in the root `Cargo.toml`).
+pub const GUEST_PROFILE: &str = "guest";
+
+/// The workspace root (the parent of the `tests` crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives inside the workspace")
+        .to_path_buf()
+}
+
+/// The target directory guests are built in: `$CARGO_TARGET_DIR` when set (relative to the
+/// workspace root), otherwise `<workspace>/target`.
+pub fn guest_target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => workspace_root().join(dir),
+        _ => workspace_root().join("target"),
+    }
+}
+
+/// The names of every guest crate: [`TEST_GUESTS`] and every crate folder under `workflows/`,
+/// sorted. A table of tests can be checked against it so that every guest is used by a test.
+pub fn guest_names() -> &'static [String] {
+    static NAMES: OnceLock<Vec<String>> = OnceLock::new();
+    NAMES.get_or_init(|| {
+        let workflows = workspace_root().join("workflows");
+        let entries = std::fs::read_dir(&workflows)
+            .unwrap_or_else(|e| panic!("cannot list {}: {e}", workflows.display()));
+        let mut names: Vec<String> = TEST_GUESTS.iter().map(|&n| n.to_owned()).collect();
+        for entry in entries {
+            let path = entry
+                .unwrap_or_else(|e| panic!("cannot list {}: {e}", workflows.display()))
+                .path();
+            if path.join("Cargo.toml").is_file() {
+                let name = path.file_name().expect("a directory entry has a name");
+                names.push(name.to_string_lossy().into_owned());
+            }
+        }
+        names.sort();
+        names
+    })
+}
+
+/// Builds every guest (once per process) and returns the directory holding the `.wasm` files.
+///
+/// # Panics
+///
+/// When the build fails, with cargo's stderr; every later call panics with the same message
+/// instead of building again.
+pub fn build_guests() -> &'static Path {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let target_dir = guest_target_dir();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut command = Command::new(&cargo);
+        command
+            .current_dir(workspace_root())
+            .args(["build", "--profile", GUEST_PROFILE, "--target", GUEST_TARGET])
+            .arg("--target-dir")
+            .arg(&target_dir);
+        for name in guest_names() {
+            command.args(["-p", name]);
+        }
+        let output = command
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", Path::new(&cargo).display()))?;
+        if !output.status.success() {
+            return Err(format!(
+                "building the guest components failed ({}); is the target installed \
+                 (`rustup target add {GUEST_TARGET}`)?\ncommand: {command:?}\n\
+                 --- cargo stderr ---\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        Ok(target_dir.join(GUEST_TARGET).join(GUEST_PROFILE))
+    });
+    match built {
+        Ok(dir) => dir,
+        Err(message) => panic!("{message}"),
+    }
+}
+
+/// The path of a built guest component, such as `guest_path("probe")` for
+/// `target/wasm32-wasip2/guest/probe.wasm`. Builds every guest first, once per process.
+///
+/// # Panics
+///
+/// When `name` is not one of [`guest_names`], or the build failed.
+pub fn guest_path(name: &str) -> PathBuf {
+    assert!(
+        guest_names().iter().any(|n| n == name),
+        "unknown guest {name:?}; the guests are {:?}",
+        guest_names()
+    );
+    // Cargo names a cdylib after the crate's library name: dashes become underscores.
+    let path = build_guests().join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(
+        path.is_file(),
+        "guest {name:?} was built but {} does not exist; is it a `crate-type = [\"cdylib\"]` crate?",
+        path.display()
+    );
+    path
+}
