@@ -139,13 +139,7 @@ fn run_workflow(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(dir) => Some(ToolRoot::open(dir, limits.tools.clone()).with_context(|| format!("cannot use --root {}", dir.display()))?),
         None => None,
     };
-    let provider: Arc<dyn Provider> = match args.provider.as_str() {
-        "sim" => {
-            eprintln!("corral: using the simulated provider (offline, deterministic; no tokens are bought)");
-            Arc::new(SimProvider::new(args.sim_latency.unwrap_or_default()))
-        }
-        other => bail!("unknown provider '{other}': the available provider is `sim`"),
-    };
+    let provider = provider(&args)?;
 
     let (component_path, script) = workflow_files(&args)?;
     let cache_dir = if args.no_cache { None } else { args.cache_dir.clone().or_else(engine::runtime::default_cache_dir) };
@@ -182,6 +176,17 @@ fn run_workflow(args: RunArgs) -> anyhow::Result<ExitCode> {
                 RunError::Host(_) => EXIT_HOST,
             }))
         }
+    }
+}
+
+/// The provider that answers this run's agent calls.
+fn provider(args: &RunArgs) -> anyhow::Result<Arc<dyn Provider>> {
+    match args.provider.as_str() {
+        "sim" => {
+            eprintln!("corral: using the simulated provider (offline, deterministic; no tokens are bought)");
+            Ok(Arc::new(SimProvider::new(args.sim_latency.unwrap_or_default())))
+        }
+        other => bail!("unknown provider '{other}': the available provider is `sim`"),
     }
 }
 
