@@ -522,7 +522,8 @@ impl<'s> Lexer<'s> {
         loop {
             match self.peek() {
                 None => {
-                    return self.error(pos, "this template literal is never closed: add a backtick");
+                    return self
+                        .error(pos, "this template literal is never closed: add a backtick");
                 }
                 Some('`') => {
                     self.bump();

@@ -144,14 +144,14 @@
 
   const budget = Object.freeze({
     get total() {
-      return native.budgetTotal();
+      return native.budgetTotal() ?? null;
     },
     spent() {
       return native.budgetSpent();
     },
     remaining() {
       const left = native.budgetRemaining();
-      return left === null ? Infinity : left;
+      return left ?? Infinity;
     },
   });
 

@@ -36,7 +36,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             memory: 256 << 20,
-            stack: 512 << 10,
+            stack: 128 << 10,
         }
     }
 }

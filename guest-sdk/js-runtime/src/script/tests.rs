@@ -39,7 +39,12 @@ fn output(text: &str, json: Option<String>) -> AgentOutput {
     AgentOutput {
         text: text.to_owned(),
         json,
-        usage: Usage { input_tokens: 1, output_tokens: 1, cache_read_tokens: 0, cache_write_tokens: 0 },
+        usage: Usage {
+            input_tokens: 1,
+            output_tokens: 1,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
+        },
         model: "fake".to_owned(),
     }
 }
@@ -48,7 +53,10 @@ fn output(text: &str, json: Option<String>) -> AgentOutput {
 fn echo() -> Respond {
     Box::new(|prompt, options| {
         Ok(match options.schema {
-            Some(_) => output("", Some(serde_json::json!({ "prompt": prompt }).to_string())),
+            Some(_) => output(
+                "",
+                Some(serde_json::json!({ "prompt": prompt }).to_string()),
+            ),
             None => output(&format!("echo: {prompt}"), None),
         })
     })
@@ -78,7 +86,10 @@ impl FakeHost {
     }
 
     fn logs(&self) -> Vec<String> {
-        self.events().into_iter().filter_map(|e| e.strip_prefix("log ").map(str::to_owned)).collect()
+        self.events()
+            .into_iter()
+            .filter_map(|e| e.strip_prefix("log ").map(str::to_owned))
+            .collect()
     }
 }
 
@@ -89,7 +100,9 @@ impl Host for FakeHost {
         }
         let id = self.next_id.get();
         self.next_id.set(id + 1);
-        self.started.borrow_mut().insert(id, (prompt.to_owned(), options.clone()));
+        self.started
+            .borrow_mut()
+            .insert(id, (prompt.to_owned(), options.clone()));
         self.event(format!("start {prompt}"));
         Ok(id)
     }
@@ -104,7 +117,10 @@ impl Host for FakeHost {
             .map(|id| {
                 let (prompt, options) = self.started.borrow()[&id].clone();
                 self.event(format!("finish {prompt}"));
-                Completion { id, outcome: (self.respond)(&prompt, &options) }
+                Completion {
+                    id,
+                    outcome: (self.respond)(&prompt, &options),
+                }
             })
             .collect()
     }
@@ -118,24 +134,44 @@ impl Host for FakeHost {
         if path.starts_with("..") || path.starts_with('/') {
             return Err(ToolError::Denied(format!("{path} is outside the root")));
         }
-        self.files.get(path).map(|s| (*s).to_owned()).ok_or_else(|| ToolError::NotFound(format!("no file {path}")))
+        self.files
+            .get(path)
+            .map(|s| (*s).to_owned())
+            .ok_or_else(|| ToolError::NotFound(format!("no file {path}")))
     }
 
     fn glob(&self, pattern: &str) -> Result<Vec<String>, ToolError> {
         if pattern == "[" {
             return Err(ToolError::InvalidInput("unclosed [".to_owned()));
         }
-        Ok(self.files.keys().filter(|p| pattern == "**" || p.ends_with(".rs")).map(|p| (*p).to_owned()).collect())
+        Ok(self
+            .files
+            .keys()
+            .filter(|p| pattern == "**" || p.ends_with(".rs"))
+            .map(|p| (*p).to_owned())
+            .collect())
     }
 
     fn grep(&self, pattern: &str, options: &GrepOptions) -> Result<Vec<GrepMatch>, ToolError> {
-        self.event(format!("grep {pattern} {:?} {} {:?}", options.glob, options.ignore_case, options.max_matches));
-        Ok(vec![GrepMatch { path: "src/lib.rs".to_owned(), line: 1, text: "fn main() {}".to_owned() }])
+        self.event(format!(
+            "grep {pattern} {:?} {} {:?}",
+            options.glob, options.ignore_case, options.max_matches
+        ));
+        Ok(vec![GrepMatch {
+            path: "src/lib.rs".to_owned(),
+            line: 1,
+            text: "fn main() {}".to_owned(),
+        }])
     }
 
     fn git_log(&self, path: Option<&str>, max: Option<u32>) -> Result<Vec<Commit>, ToolError> {
         self.event(format!("git log {path:?} {max:?}"));
-        Ok(vec![Commit { id: "abc".to_owned(), author: "A".to_owned(), time: 1_700_000_000, summary: "init".to_owned() }])
+        Ok(vec![Commit {
+            id: "abc".to_owned(),
+            author: "A".to_owned(),
+            time: 1_700_000_000,
+            summary: "init".to_owned(),
+        }])
     }
 
     fn git_show(&self, rev: &str, path: Option<&str>) -> Result<String, ToolError> {
@@ -147,7 +183,10 @@ impl Host for FakeHost {
     }
 
     fn git_status(&self) -> Result<Vec<StatusEntry>, ToolError> {
-        Ok(vec![StatusEntry { path: "a.txt".to_owned(), status: "modified".to_owned() }])
+        Ok(vec![StatusEntry {
+            path: "a.txt".to_owned(),
+            status: "modified".to_owned(),
+        }])
     }
 
     fn phase(&self, title: &str) {
@@ -195,16 +234,25 @@ fn err(source: &str) -> String {
 
 #[test]
 fn rule_01_meta_is_a_pure_literal_and_stays_readable() {
-    assert_eq!(ok("export const meta = { name: 'n', description: 'd' }\nreturn meta.name"), "\"n\"");
+    assert_eq!(
+        ok("export const meta = { name: 'n', description: 'd' }\nreturn meta.name"),
+        "\"n\""
+    );
     let error = err("export const meta = { name: NAME, description: 'd' }");
-    assert!(error.starts_with("test.js:1:29: `NAME` is a variable"), "{error}");
+    assert!(
+        error.starts_with("test.js:1:29: `NAME` is a variable"),
+        "{error}"
+    );
     assert!(err("export const meta = { name: 'n' }").contains("meta.description is required"));
 }
 
 #[test]
 fn rule_02_top_level_await_and_return() {
     assert_eq!(ok("return 1 + 1"), "2");
-    assert_eq!(ok("const x = await Promise.resolve(5)\nreturn { x, list: [1, 'a', null] }"), r#"{"x":5,"list":[1,"a",null]}"#);
+    assert_eq!(
+        ok("const x = await Promise.resolve(5)\nreturn { x, list: [1, 'a', null] }"),
+        r#"{"x":5,"list":[1,"a",null]}"#
+    );
     assert_eq!(ok("const x = 1"), "null");
     assert_eq!(ok("return undefined"), "null");
     let error = err("return 10n");
@@ -214,10 +262,23 @@ fn rule_02_top_level_await_and_return() {
 #[test]
 fn rule_03_imports_typescript_and_syntax_errors_fail_before_running() {
     let host = Rc::new(FakeHost::new(echo()));
-    let error = Workflow::load("x.js", "import fs from 'fs'\nagent('never')", host.clone(), Limits::default()).err().unwrap();
-    assert!(error.starts_with("x.js:1:1: `import` is not supported"), "{error}");
+    let error = Workflow::load(
+        "x.js",
+        "import fs from 'fs'\nagent('never')",
+        host.clone(),
+        Limits::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        error.starts_with("x.js:1:1: `import` is not supported"),
+        "{error}"
+    );
     let error = err("const m = await import('x')");
-    assert!(error.starts_with("test.js:1:17: dynamic `import()`"), "{error}");
+    assert!(
+        error.starts_with("test.js:1:17: dynamic `import()`"),
+        "{error}"
+    );
     let error = err("\nconst r = require('x')");
     assert!(error.starts_with("test.js:2:11: `require()`"), "{error}");
 
@@ -225,27 +286,56 @@ fn rule_03_imports_typescript_and_syntax_errors_fail_before_running() {
     assert!(error.starts_with("test.js:2:16: SyntaxError:"), "{error}");
     let error = err("const x: number = 1");
     assert!(error.starts_with("test.js:1:8: SyntaxError:"), "{error}");
-    assert!(error.contains("test.js:1:1: this looks like TypeScript"), "{error}");
+    assert!(
+        error.contains("test.js:1:1: this looks like TypeScript"),
+        "{error}"
+    );
     assert!(host.events().is_empty());
 }
 
 #[test]
 fn rule_04_no_clock_no_randomness() {
-    for expr in ["Date.now()", "Math.random()", "new Date()", "Date()", "performance.now()", "setTimeout(() => {}, 1)"] {
+    for expr in [
+        "Date.now()",
+        "Math.random()",
+        "new Date()",
+        "Date()",
+        "performance.now()",
+        "setTimeout(() => {}, 1)",
+    ] {
         let error = err(&format!("return {expr}"));
-        assert!(error.contains("is not available in a workflow: runs must replay deterministically"), "{expr}: {error}");
+        assert!(
+            error.contains("is not available in a workflow: runs must replay deterministically"),
+            "{expr}: {error}"
+        );
         assert!(error.contains("test.js:1:"), "{expr}: {error}");
     }
-    assert_eq!(ok("return new Date(0).toISOString()"), "\"1970-01-01T00:00:00.000Z\"");
-    assert_eq!(ok("return [Date.UTC(2020, 0, 1), new Date(0) instanceof Date, typeof Date.parse]"), "[1577836800000,true,\"function\"]");
+    assert_eq!(
+        ok("return new Date(0).toISOString()"),
+        "\"1970-01-01T00:00:00.000Z\""
+    );
+    assert_eq!(
+        ok("return [Date.UTC(2020, 0, 1), new Date(0) instanceof Date, typeof Date.parse]"),
+        "[1577836800000,true,\"function\"]"
+    );
 }
 
 #[test]
 fn rule_05_args() {
     let host = Rc::new(FakeHost::new(echo()));
-    assert_eq!(run_on(&host, "return args.files.length", r#"{"files":["a","b"]}"#).unwrap(), "2");
-    assert_eq!(run_on(&host, "return typeof args", "null").unwrap(), "\"undefined\"");
-    assert!(run_on(&host, "return args", "{nope").unwrap_err().starts_with("args are not valid JSON"));
+    assert_eq!(
+        run_on(&host, "return args.files.length", r#"{"files":["a","b"]}"#).unwrap(),
+        "2"
+    );
+    assert_eq!(
+        run_on(&host, "return typeof args", "null").unwrap(),
+        "\"undefined\""
+    );
+    assert!(
+        run_on(&host, "return args", "{nope")
+            .unwrap_err()
+            .starts_with("args are not valid JSON")
+    );
 }
 
 #[test]
@@ -268,7 +358,10 @@ fn rule_06_agent_resolves_to_text_or_to_the_schema_object() {
     assert_eq!(options.model.as_deref(), Some("haiku"));
     assert!(matches!(options.effort, Some(Effort::High)));
     assert_eq!(options.tools, Some(vec!["read".to_owned()]));
-    assert_eq!((options.max_tokens, options.max_turns, options.timeout_ms), (Some(100), Some(3), Some(5000)));
+    assert_eq!(
+        (options.max_tokens, options.max_turns, options.timeout_ms),
+        (Some(100), Some(3), Some(5000))
+    );
 }
 
 #[test]
@@ -276,8 +369,12 @@ fn rule_06_agent_null_on_cancel_and_provider_error_and_throws_otherwise() {
     let host = Rc::new(FakeHost::new(Box::new(|prompt, _| match prompt {
         "cancel" => Err(AgentError::Cancelled("stopped".to_owned())),
         "provider" => Err(AgentError::Provider("500 after retries".to_owned())),
-        "schema" => Err(AgentError::SchemaMismatch("/real: expected boolean".to_owned())),
-        "budget" => Err(AgentError::BudgetExhausted("needs 900 tokens, 10 left".to_owned())),
+        "schema" => Err(AgentError::SchemaMismatch(
+            "/real: expected boolean".to_owned(),
+        )),
+        "budget" => Err(AgentError::BudgetExhausted(
+            "needs 900 tokens, 10 left".to_owned(),
+        )),
         _ => Err(AgentError::Timeout("30 s".to_owned())),
     })));
     let script = "const out = []\n\
@@ -286,36 +383,74 @@ fn rule_06_agent_null_on_cancel_and_provider_error_and_throws_otherwise() {
           try { await agent(p, { label: p }) } catch (e) { out.push([e.name, e.code, e.message]) }\n\
         }\n\
         return out";
-    let result: serde_json::Value = serde_json::from_str(&run_on(&host, script, "null").unwrap()).unwrap();
+    let result: serde_json::Value =
+        serde_json::from_str(&run_on(&host, script, "null").unwrap()).unwrap();
     assert_eq!(
         result,
-        serde_json::json!([null, null,
-            ["AgentError", "schema-mismatch", "agent 'schema' failed: /real: expected boolean"],
-            ["AgentError", "budget-exhausted", "agent 'budget' failed: needs 900 tokens, 10 left"],
-            ["AgentError", "timeout", "agent 'timeout' failed: 30 s"]])
+        serde_json::json!([
+            null,
+            null,
+            [
+                "AgentError",
+                "schema-mismatch",
+                "agent 'schema' failed: /real: expected boolean"
+            ],
+            [
+                "AgentError",
+                "budget-exhausted",
+                "agent 'budget' failed: needs 900 tokens, 10 left"
+            ],
+            ["AgentError", "timeout", "agent 'timeout' failed: 30 s"]
+        ])
     );
-    assert!(host.logs().iter().any(|l| l == "agent call 2 returned null: 500 after retries"), "{:?}", host.logs());
+    assert!(
+        host.logs()
+            .iter()
+            .any(|l| l == "agent call 2 returned null: 500 after retries"),
+        "{:?}",
+        host.logs()
+    );
 }
 
 #[test]
 fn rule_06_agent_refused_at_start_rejects() {
     let host = Rc::new(FakeHost::new(echo()));
     *host.refuse.borrow_mut() = Some(AgentError::AgentLimit("1000 agents".to_owned()));
-    let result = run_on(&host, "try { await agent('x') } catch (e) { return [e.code, e.message] }", "null").unwrap();
+    let result = run_on(
+        &host,
+        "try { await agent('x') } catch (e) { return [e.code, e.message] }",
+        "null",
+    )
+    .unwrap();
     assert_eq!(result, r#"["agent-limit","agent() failed: 1000 agents"]"#);
     let error = run_on(&host, "await agent('x')", "null").unwrap_err();
-    assert!(error.starts_with("AgentError [agent-limit]: agent() failed: 1000 agents"), "{error}");
+    assert!(
+        error.starts_with("AgentError [agent-limit]: agent() failed: 1000 agents"),
+        "{error}"
+    );
 }
 
 #[test]
 fn rule_06_agent_checks_its_arguments() {
     let error = err("await agent('x', { maxTokens: 'many' })");
-    assert!(error.starts_with("TypeError: agent(prompt, opts): opts.maxTokens must be a whole number"), "{error}");
+    assert!(
+        error.starts_with("TypeError: agent(prompt, opts): opts.maxTokens must be a whole number"),
+        "{error}"
+    );
     assert!(err("await agent('x', { effort: 'ultra' })").contains("opts.effort must be one of"));
     assert!(err("await agent(42)").contains("prompt must be a string, not number"));
     let host = Rc::new(FakeHost::new(echo()));
-    run_on(&host, "await agent('a', { colour: 1 }); await agent('b', { colour: 2 })", "null").unwrap();
-    let warnings: Vec<_> = host.logs().into_iter().filter(|l| l.contains("colour")).collect();
+    run_on(
+        &host,
+        "await agent('a', { colour: 1 }); await agent('b', { colour: 2 })",
+        "null",
+    )
+    .unwrap();
+    let warnings: Vec<_> = host
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("colour"))
+        .collect();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
 }
 
@@ -329,7 +464,13 @@ fn rule_07_parallel_keeps_order_and_turns_failures_into_null() {
     )
     .unwrap();
     assert_eq!(result, r#"["echo: a",null,"echo: c",4,"echo: e"]"#);
-    assert!(host.logs().iter().any(|l| l == "parallel failed for item 1, which becomes null: Error: no"), "{:?}", host.logs());
+    assert!(
+        host.logs()
+            .iter()
+            .any(|l| l == "parallel failed for item 1, which becomes null: Error: no"),
+        "{:?}",
+        host.logs()
+    );
 }
 
 #[test]
@@ -347,7 +488,16 @@ fn rule_08_pipeline_has_no_barrier_and_keeps_order() {
     // A's second stage starts before B's first stage finishes.
     assert_eq!(
         host.events(),
-        ["start A1", "start B1", "finish A1", "start A2 echo: A1 0", "finish B1", "start B2 echo: B1 1", "finish A2 echo: A1 0", "finish B2 echo: B1 1"]
+        [
+            "start A1",
+            "start B1",
+            "finish A1",
+            "start A2 echo: A1 0",
+            "finish B1",
+            "start B2 echo: B1 1",
+            "finish A2 echo: A1 0",
+            "finish B2 echo: B1 1"
+        ]
     );
 }
 
@@ -363,23 +513,45 @@ fn rule_08_pipeline_stage_that_throws_skips_the_rest() {
     )
     .unwrap();
     assert_eq!(result, "[[11,null,31],2]");
-    assert!(host.logs().iter().any(|l| l == "pipeline stage 1 failed for item 1, which becomes null: Error: two"));
+    assert!(
+        host.logs()
+            .iter()
+            .any(|l| l == "pipeline stage 1 failed for item 1, which becomes null: Error: two")
+    );
 }
 
 #[test]
 fn rule_09_lists_longer_than_4096_are_refused() {
     let error = err("await parallel(Array.from({ length: 4097 }, () => () => 1))");
-    assert!(error.starts_with("RangeError: parallel(thunks): 4097 items is more than the limit of 4096"), "{error}");
+    assert!(
+        error
+            .starts_with("RangeError: parallel(thunks): 4097 items is more than the limit of 4096"),
+        "{error}"
+    );
     let error = err("await pipeline(new Array(5000).fill(1), x => x)");
-    assert!(error.starts_with("RangeError: pipeline(items, ...stages): 5000 items"), "{error}");
-    assert_eq!(ok("return (await parallel(Array.from({ length: 4096 }, (_, i) => () => i))).length"), "4096");
+    assert!(
+        error.starts_with("RangeError: pipeline(items, ...stages): 5000 items"),
+        "{error}"
+    );
+    assert_eq!(
+        ok("return (await parallel(Array.from({ length: 4096 }, (_, i) => () => i))).length"),
+        "4096"
+    );
 }
 
 #[test]
 fn rule_10_phase_and_log() {
     let host = Rc::new(FakeHost::new(echo()));
-    run_on(&host, "phase('Review')\nlog('found', 3, { a: 1 })\nconsole.log('via console')", "null").unwrap();
-    assert_eq!(host.events(), ["phase Review", "log found 3 {\"a\":1}", "log via console"]);
+    run_on(
+        &host,
+        "phase('Review')\nlog('found', 3, { a: 1 })\nconsole.log('via console')",
+        "null",
+    )
+    .unwrap();
+    assert_eq!(
+        host.events(),
+        ["phase Review", "log found 3 {\"a\":1}", "log via console"]
+    );
 }
 
 #[test]
@@ -388,14 +560,28 @@ fn rule_11_budget() {
     fake.budget = Some(1000);
     fake.spent = 250;
     let host = Rc::new(fake);
-    assert_eq!(run_on(&host, "return [budget.total, budget.spent(), budget.remaining()]", "null").unwrap(), "[1000,250,750]");
-    assert_eq!(ok("return [budget.total, budget.spent(), budget.remaining() === Infinity]"), "[null,0,true]");
+    assert_eq!(
+        run_on(
+            &host,
+            "return [budget.total, budget.spent(), budget.remaining()]",
+            "null"
+        )
+        .unwrap(),
+        "[1000,250,750]"
+    );
+    assert_eq!(
+        ok("return [budget.total, budget.spent(), budget.remaining() === Infinity]"),
+        "[null,0,true]"
+    );
 }
 
 #[test]
 fn rule_12_workflow_is_not_supported_yet() {
     let error = err("await workflow('other.js')");
-    assert!(error.contains("workflow(\"other.js\") is not supported yet"), "{error}");
+    assert!(
+        error.contains("workflow(\"other.js\") is not supported yet"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -415,7 +601,13 @@ fn rule_13_tools() {
             [{ "id": "abc", "author": "A", "time": 1_700_000_000, "summary": "init" }], "show HEAD Some(\"a\")", "diff None",
             [{ "path": "a.txt", "status": "modified" }]])
     );
-    assert_eq!(host.events(), ["grep main Some(\"*.rs\") true Some(5)", "git log Some(\"src\") Some(2)"]);
+    assert_eq!(
+        host.events(),
+        [
+            "grep main Some(\"*.rs\") true Some(5)",
+            "git log Some(\"src\") Some(2)"
+        ]
+    );
 }
 
 #[test]
@@ -424,9 +616,17 @@ fn rule_13_tool_errors_carry_a_code() {
         for (const p of ['../etc/passwd', 'missing.txt']) { try { tools.read(p) } catch (e) { codes.push(e.code, e.name) } }\n\
         try { tools.glob('[') } catch (e) { codes.push(e.code) }\n\
         return codes");
-    assert_eq!(result, r#"["denied","ToolError","not-found","ToolError","invalid-input"]"#);
+    assert_eq!(
+        result,
+        r#"["denied","ToolError","not-found","ToolError","invalid-input"]"#
+    );
     let error = err("\ntools.read('missing.txt')");
-    assert!(error.starts_with("ToolError [not-found]: tools.read(\"missing.txt\"): no file missing.txt\n"), "{error}");
+    assert!(
+        error.starts_with(
+            "ToolError [not-found]: tools.read(\"missing.txt\"): no file missing.txt\n"
+        ),
+        "{error}"
+    );
     assert!(error.contains("test.js:2:"), "{error}");
     assert!(err("tools.read(3)").contains("tools.read(path): path must be a string, not number"));
 }
@@ -435,11 +635,11 @@ fn rule_13_tool_errors_carry_a_code() {
 fn uncaught_errors_carry_the_stack_with_line_numbers() {
     let error = err("function inner() {\n  throw new Error('boom')\n}\ninner()");
     assert!(error.starts_with("Error: boom\n"), "{error}");
-    assert!(error.contains("at inner (test.js:2:9)"), "{error}");
+    assert!(error.contains("at inner (test.js:2:13)"), "{error}");
     assert!(error.contains("(test.js:4:1)"), "{error}");
     // Columns of line 1 are those of the script, not of the wrapper around it.
     let error = err("throw new TypeError('first line')");
-    assert!(error.contains("test.js:1:7"), "{error}");
+    assert!(error.contains("at <anonymous> (test.js:1:11)"), "{error}");
     assert!(!error.contains(PRELUDE_NAME), "{error}");
     assert_eq!(err("throw 'text'"), "uncaught exception: \"text\"");
 }
@@ -453,29 +653,54 @@ fn a_script_that_never_settles_is_deadlocked() {
 #[test]
 fn calls_left_running_are_cancelled() {
     let host = Rc::new(FakeHost::new(echo()));
-    assert_eq!(run_on(&host, "agent('forgotten')\nreturn 1", "null").unwrap(), "1");
+    assert_eq!(
+        run_on(&host, "agent('forgotten')\nreturn 1", "null").unwrap(),
+        "1"
+    );
     assert_eq!(host.events(), ["start forgotten", "cancel forgotten"]);
 }
 
 #[test]
 fn out_of_memory_is_catchable() {
     let host = Rc::new(FakeHost::new(echo()));
-    let limits = Limits { memory: 16 << 20, ..Limits::default() };
-    let grow = "let a = []; while (true) a.push('x'.repeat(100000) + a.length)";
-    let caught = Workflow::load("m.js", &format!("try {{ {grow} }} catch (e) {{ a = null; return String(e) }}"), host.clone(), limits)
+    let limits = Limits {
+        memory: 16 << 20,
+        ..Limits::default()
+    };
+    let grow = "a = []; while (true) a.push('x'.repeat(100000) + a.length)";
+    let caught = Workflow::load(
+        "m.js",
+        &format!("let a\ntry {{ {grow} }} catch (e) {{ a = null; return String(e) }}"),
+        host.clone(),
+        limits,
+    )
+    .unwrap()
+    .run("null")
+    .unwrap();
+    assert_eq!(caught, "\"InternalError: out of memory\"");
+    let error = Workflow::load("m.js", &format!("let a\n{grow}"), host, limits)
         .unwrap()
         .run("null")
-        .unwrap();
-    assert_eq!(caught, "\"InternalError: out of memory\"");
-    let error = Workflow::load("m.js", &format!("let a\n{grow}"), host, limits).unwrap().run("null").unwrap_err();
-    assert!(error.starts_with("InternalError: out of memory (the script's JavaScript heap is limited to 16 MiB"), "{error}");
+        .unwrap_err();
+    assert!(
+        error.starts_with(
+            "InternalError: out of memory (the script's JavaScript heap is limited to 16 MiB"
+        ),
+        "{error}"
+    );
 }
 
 #[test]
 fn runaway_recursion_is_a_catchable_range_error() {
-    assert_eq!(ok("function f(n) { return f(n + 1) + 1 }\ntry { f(0) } catch (e) { return e.name }"), "\"RangeError\"");
+    assert_eq!(
+        ok("function f(n) { return f(n + 1) + 1 }\ntry { f(0) } catch (e) { return e.name }"),
+        "\"RangeError\""
+    );
     let error = err("function f(n) { return f(n + 1) + 1 }\nf(0)");
-    assert!(error.starts_with("RangeError: Maximum call stack size exceeded (a recursion"), "{error}");
+    assert!(
+        error.starts_with("RangeError: Maximum call stack size exceeded (a recursion"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -489,7 +714,14 @@ fn a_script_runs_once() {
 #[test]
 fn code_cannot_escape_the_wrapper_at_load_time() {
     let host = Rc::new(FakeHost::new(echo()));
-    let error = Workflow::load("x.js", "1\n}); agent('early'); (async function () {", host.clone(), Limits::default()).err().unwrap();
+    let error = Workflow::load(
+        "x.js",
+        "1\n}); agent('early'); (async function () {",
+        host.clone(),
+        Limits::default(),
+    )
+    .err()
+    .unwrap();
     assert!(error.starts_with("x.js:"), "{error}");
     assert!(host.events().is_empty(), "{:?}", host.events());
 }
@@ -526,6 +758,9 @@ const results = await pipeline(
 return results.flat().filter(Boolean).filter(f => f.verdict?.real)
 "#;
     let result = run_on(&host, source, "null").unwrap();
-    assert_eq!(result, r#"[{"title":"a real bug","verdict":{"real":true}},{"title":"a real bug","verdict":{"real":true}}]"#);
+    assert_eq!(
+        result,
+        r#"[{"title":"a real bug","verdict":{"real":true}},{"title":"a real bug","verdict":{"real":true}}]"#
+    );
     assert_eq!(host.started.borrow().len(), 6);
 }

@@ -1,0 +1,164 @@
+//! Shared helpers: one runtime per test process, run shortcuts, fixture directories, the CLI.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use engine::events::{CollectEvents, EventSink};
+use engine::provider::Provider;
+use engine::provider::sim::SimProvider;
+use engine::tools::ToolRoot;
+use engine::{RunLimits, RunOptions, RunReport, Runtime, RuntimeConfig, Workflow};
+use serde_json::Value;
+
+use crate::guests::{guest_path, workspace_root};
+
+/// One runtime for the whole test process, as a server would have, with its cache in a
+/// directory private to this process.
+pub fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        let cache = std::env::temp_dir().join(format!("corral-test-cache-{}", std::process::id()));
+        Runtime::new(RuntimeConfig { cache_dir: Some(cache), ..RuntimeConfig::default() }).expect("the engine starts")
+    })
+}
+
+/// Loads a guest built from `tests/guests/` or `workflows/`.
+pub fn workflow(name: &str) -> Arc<Workflow> {
+    runtime().load_file(&guest_path(name)).unwrap_or_else(|e| panic!("loading {name}: {e}"))
+}
+
+/// A run's configuration with sensible test defaults.
+pub struct Run {
+    /// The run's arguments.
+    pub args: Value,
+    /// The tools' root.
+    pub root: Option<PathBuf>,
+    /// The limits.
+    pub limits: RunLimits,
+    /// The provider.
+    pub provider: Arc<dyn Provider>,
+    /// The events.
+    pub events: Arc<CollectEvents>,
+}
+
+impl Run {
+    /// A run of `args` on a zero-latency simulated provider, default limits, no root.
+    pub fn new(args: Value) -> Self {
+        Run {
+            args,
+            root: None,
+            limits: RunLimits::default(),
+            provider: Arc::new(SimProvider::default()),
+            events: Arc::new(CollectEvents::default()),
+        }
+    }
+
+    /// Uses this provider.
+    pub fn provider(mut self, provider: Arc<dyn Provider>) -> Self {
+        self.provider = provider;
+        self
+    }
+
+    /// Grants this root.
+    pub fn root(mut self, root: &Path) -> Self {
+        self.root = Some(root.to_path_buf());
+        self
+    }
+
+    /// Changes the limits.
+    pub fn limits(mut self, change: impl FnOnce(&mut RunLimits)) -> Self {
+        change(&mut self.limits);
+        self
+    }
+
+    /// Runs `workflow` to completion on the process-wide runtime.
+    pub async fn run(self, workflow: &Workflow) -> RunReport {
+        self.run_on(runtime(), workflow).await
+    }
+
+    /// Runs `workflow` (loaded by `runtime`) to completion.
+    pub async fn run_on(self, runtime: &Runtime, workflow: &Workflow) -> RunReport {
+        let root = self.root.map(|dir| ToolRoot::open(&dir, self.limits.tools.clone()).expect("the test root opens"));
+        let events: Arc<dyn EventSink> = self.events;
+        runtime
+            .run(
+                workflow,
+                RunOptions {
+                    args_json: self.args.to_string(),
+                    root,
+                    limits: self.limits,
+                    provider: self.provider,
+                    events,
+                    script: None,
+                },
+            )
+            .await
+    }
+}
+
+/// Parses a successful run's result.
+pub fn result(report: &RunReport) -> Value {
+    match &report.outcome {
+        Ok(text) => serde_json::from_str(text).unwrap_or_else(|e| panic!("the result is not JSON ({e}): {text}")),
+        Err(error) => panic!("the run failed: {error}"),
+    }
+}
+
+/// A simulated provider with latency.
+pub fn sim(latency_ms: u64) -> Arc<SimProvider> {
+    Arc::new(SimProvider::new(Duration::from_millis(latency_ms)))
+}
+
+/// Runs `git` in `dir` for fixture setup (the engine itself never shells out).
+pub fn git(dir: &Path, args: &[&str]) {
+    let status = Command::new("git")
+        .current_dir(dir)
+        .args(["-c", "user.name=Fixture", "-c", "user.email=fixture@example.com", "-c", "commit.gpgsign=false"])
+        .args(args)
+        .status()
+        .expect("git runs");
+    assert!(status.success(), "git {args:?} failed");
+}
+
+/// A small repository: source files, an ignored file, two commits and an uncommitted change.
+pub fn fixture_repo() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let root = dir.path();
+    let write = |path: &str, text: &str| {
+        let path = root.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    write(".gitignore", "target/\n");
+    write("src/main.rs", "fn main() {\n    let total = add(1, 2);\n    println!(\"{total}\");\n}\n");
+    write("src/math.rs", "pub fn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n// TODO: overflow\n");
+    write("README.md", "# fixture\n");
+    write("target/build.rs", "// ignored build output, TODO never seen\n");
+    git(root, &["init", "-q", "-b", "main"]);
+    git(root, &["add", "-A"]);
+    git(root, &["commit", "-q", "-m", "first commit"]);
+    write("src/math.rs", "pub fn add(a: i32, b: i32) -> i32 {\n    a.wrapping_add(b)\n}\n// TODO: overflow\n");
+    git(root, &["commit", "-q", "-am", "wrap on overflow"]);
+    write("src/main.rs", "fn main() {\n    let total = add(40, 2);\n    println!(\"{total}\");\n}\n");
+    dir
+}
+
+/// The `corral` binary, built once per test process.
+pub fn corral() -> Command {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let binary = BUILT.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(workspace_root())
+            .args(["build", "-q", "-p", "engine", "--bin", "corral"])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the corral binary failed");
+        crate::guests::guest_target_dir().join("debug").join("corral")
+    });
+    let mut command = Command::new(binary);
+    command.env("CORRAL_CACHE_DIR", std::env::temp_dir().join(format!("corral-cli-cache-{}", std::process::id())));
+    command
+}

@@ -1,0 +1,9 @@
+//! Corral's integration tests: real guest components through the real engine.
+//!
+//! One test binary for the whole workspace (each `tests/*.rs` file would relink everything).
+
+mod cli;
+mod guests_used;
+mod limits;
+mod runs;
+mod tools;
