@@ -38,7 +38,10 @@ pub struct BudgetLedger {
 impl BudgetLedger {
     /// A ledger with `total` tokens, or unlimited.
     pub fn new(total: Option<u64>) -> Arc<Self> {
-        Arc::new(BudgetLedger { total, state: Mutex::new(LedgerState::default()) })
+        Arc::new(BudgetLedger {
+            total,
+            state: Mutex::new(LedgerState::default()),
+        })
     }
 
     /// The total budget, if any.
@@ -59,7 +62,8 @@ impl BudgetLedger {
     /// What new requests may still reserve: total − spent − reserved (`None` without a budget).
     pub fn remaining(&self) -> Option<u64> {
         let state = self.lock();
-        self.total.map(|total| total.saturating_sub(state.spent + state.reserved))
+        self.total
+            .map(|total| total.saturating_sub(state.spent + state.reserved))
     }
 
     /// Reserves `worst_case` tokens, or refuses when they do not fit.
@@ -68,17 +72,27 @@ impl BudgetLedger {
         if let Some(total) = self.total {
             let remaining = total.saturating_sub(state.spent + state.reserved);
             if worst_case > remaining {
-                return Err(BudgetExhausted { needed: worst_case, remaining, total });
+                return Err(BudgetExhausted {
+                    needed: worst_case,
+                    remaining,
+                    total,
+                });
             }
         }
         state.reserved += worst_case;
-        Ok(Reservation { ledger: Arc::clone(self), amount: worst_case, open: true })
+        Ok(Reservation {
+            ledger: Arc::clone(self),
+            amount: worst_case,
+            open: true,
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LedgerState> {
         // A poisoned ledger only means another thread panicked mid-update of two integers; the
         // numbers are still the best record we have.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -134,7 +148,14 @@ mod tests {
         let ledger = BudgetLedger::new(Some(100));
         let a = ledger.reserve(60).unwrap();
         let refused = ledger.reserve(41).unwrap_err();
-        assert_eq!(refused, BudgetExhausted { needed: 41, remaining: 40, total: 100 });
+        assert_eq!(
+            refused,
+            BudgetExhausted {
+                needed: 41,
+                remaining: 40,
+                total: 100
+            }
+        );
         assert_eq!(ledger.remaining(), Some(40));
         a.settle(10);
         assert_eq!(ledger.spent(), 10);

@@ -70,6 +70,9 @@ impl CollectEvents {
 
 impl EventSink for CollectEvents {
     fn event(&self, event: &RunEvent) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(event.clone());
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(event.clone());
     }
 }

@@ -60,13 +60,17 @@ pub const MAX_MEMORY_CEILING: usize = 4 << 30;
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum LimitExceeded {
     /// The guest computed longer than `--max-cpu`.
-    #[error("guest CPU limit exceeded: the workflow computed for more than {0:?} (raise --max-cpu, or find the loop that never ends)")]
+    #[error(
+        "guest CPU limit exceeded: the workflow computed for more than {0:?} (raise --max-cpu, or find the loop that never ends)"
+    )]
     Cpu(Duration),
     /// The run took longer than `--timeout`.
     #[error("run timeout exceeded: the run took longer than {0:?} (raise --timeout)")]
     Timeout(Duration),
     /// The guest asked for more memory than `--max-memory`.
-    #[error("guest memory limit exceeded: the workflow tried to grow its memory to {requested} bytes, over the limit of {limit} bytes (raise --max-memory, or keep less data in the workflow)")]
+    #[error(
+        "guest memory limit exceeded: the workflow tried to grow its memory to {requested} bytes, over the limit of {limit} bytes (raise --max-memory, or keep less data in the workflow)"
+    )]
     Memory {
         /// Bytes the guest asked for.
         requested: usize,
@@ -77,7 +81,9 @@ pub enum LimitExceeded {
     #[error("guest resource limit exceeded: {0}")]
     Resource(String),
     /// The guest passed more entries in one `parallel` or `wait` than `--max-batch`.
-    #[error("batch limit exceeded: the workflow passed {size} entries in one {what}, over the limit of {limit} (split the batch, or raise --max-batch)")]
+    #[error(
+        "batch limit exceeded: the workflow passed {size} entries in one {what}, over the limit of {limit} (split the batch, or raise --max-batch)"
+    )]
     Batch {
         /// `parallel` or `wait`.
         what: &'static str,
@@ -87,29 +93,39 @@ pub enum LimitExceeded {
         limit: usize,
     },
     /// The guest wrote more than `--max-log-bytes`.
-    #[error("log limit exceeded: the workflow wrote more than {0} bytes of output and log lines (raise --max-log-bytes)")]
+    #[error(
+        "log limit exceeded: the workflow wrote more than {0} bytes of output and log lines (raise --max-log-bytes)"
+    )]
     Log(usize),
 }
 
 /// Parses a duration such as `500ms`, `30s`, `10m`, `2h` (a bare number means seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration '{text}': expected a number with a unit, like 500ms, 30s, 10m or 2h"))?;
+    let value: f64 = number.parse().map_err(|_| {
+        format!(
+            "invalid duration '{text}': expected a number with a unit, like 500ms, 30s, 10m or 2h"
+        )
+    })?;
     let seconds = match unit.trim() {
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
         other => {
-            return Err(format!("invalid duration unit '{other}' in '{text}': use ms, s, m or h"));
+            return Err(format!(
+                "invalid duration unit '{other}' in '{text}': use ms, s, m or h"
+            ));
         }
     };
     if !seconds.is_finite() || seconds <= 0.0 {
-        return Err(format!("invalid duration '{text}': it must be greater than zero"));
+        return Err(format!(
+            "invalid duration '{text}': it must be greater than zero"
+        ));
     }
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -117,17 +133,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Parses a size such as `256MiB`, `1GiB`, `64k`, `1048576` (bytes).
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: usize = number
-        .parse()
-        .map_err(|_| format!("invalid size '{text}': expected a number with an optional unit, like 256MiB"))?;
+    let value: usize = number.parse().map_err(|_| {
+        format!("invalid size '{text}': expected a number with an optional unit, like 256MiB")
+    })?;
     let multiplier: usize = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        other => return Err(format!("invalid size unit '{other}' in '{text}': use B, KiB, MiB or GiB")),
+        other => {
+            return Err(format!(
+                "invalid size unit '{other}' in '{text}': use B, KiB, MiB or GiB"
+            ));
+        }
     };
     value
         .checked_mul(multiplier)
@@ -144,7 +166,11 @@ mod tests {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
-        assert!(parse_duration("10 parsecs").unwrap_err().contains("use ms, s, m or h"));
+        assert!(
+            parse_duration("10 parsecs")
+                .unwrap_err()
+                .contains("use ms, s, m or h")
+        );
         assert!(parse_duration("0s").is_err());
     }
 
@@ -153,6 +179,10 @@ mod tests {
         assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
         assert_eq!(parse_size("1g").unwrap(), 1 << 30);
         assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert!(parse_size("12 bananas").unwrap_err().contains("use B, KiB, MiB or GiB"));
+        assert!(
+            parse_size("12 bananas")
+                .unwrap_err()
+                .contains("use B, KiB, MiB or GiB")
+        );
     }
 }

@@ -78,6 +78,8 @@ pub struct RunReport {
     pub wall: Duration,
     /// Time the guest itself computed.
     pub guest_cpu: Duration,
+    /// Time it took to instantiate the component (zero if it never got that far).
+    pub instantiate: Duration,
 }
 
 type ScriptLoad = TypedFunc<(String, String), (Result<(), String>,)>;
@@ -93,10 +95,18 @@ impl Runtime {
             ledger: Arc::clone(&ledger),
             tools: options.root.clone(),
         };
-        let scheduler = AgentScheduler::new(context, limits.max_concurrent, limits.max_agents, Arc::clone(&options.events));
+        let scheduler = AgentScheduler::new(
+            context,
+            limits.max_concurrent,
+            limits.max_agents,
+            Arc::clone(&options.events),
+        );
         let log = LogBuffer::new(limits.max_log_bytes, Arc::clone(&options.events));
         let (stdout, stderr) = (log.stream(), log.stream());
-        let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build();
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
         let state = RunState {
             wasi,
             table: wasmtime::component::ResourceTable::new(),
@@ -122,7 +132,8 @@ impl Runtime {
             Ok(UpdateDeadline::Yield(1))
         });
 
-        let execution = execute(workflow, &mut store, options.args_json, options.script);
+        let mut instantiate = Duration::ZERO;
+        let execution = execute(workflow, &mut store, options.args_json, options.script, &mut instantiate);
         let outcome = match tokio::time::timeout(limits.timeout, execution).await {
             Ok(outcome) => outcome,
             Err(_) => Err(RunError::Limit(LimitExceeded::Timeout(limits.timeout))),
@@ -140,6 +151,7 @@ impl Runtime {
             budget_tokens: ledger.total(),
             wall: began.elapsed(),
             guest_cpu: state.cpu.guest_time(),
+            instantiate,
         }
     }
 }
@@ -150,14 +162,27 @@ async fn execute(
     args_json: String,
     script: Option<Script>,
 ) -> Result<String, RunError> {
-    let instance: Instance = workflow.instance_pre.instantiate_async(&mut *store).await.map_err(classify)?;
-    let bindings = Bindings::new(&mut *store, &instance).map_err(|error| RunError::Host(format!("{error:#}")))?;
+    let instance: Instance = workflow
+        .instance_pre
+        .instantiate_async(&mut *store)
+        .await
+        .map_err(classify)?;
+    let bindings = Bindings::new(&mut *store, &instance)
+        .map_err(|error| RunError::Host(format!("{error:#}")))?;
     match (&workflow.script_load, script) {
         (Some(index), Some(script)) => {
-            let load: ScriptLoad = instance
-                .get_typed_func(&mut *store, index)
-                .map_err(|error| RunError::Host(format!("the script runtime's load function has the wrong type: {error:#}")))?;
-            let (loaded,) = load.call_async(&mut *store, (script.name, script.source)).await.map_err(classify)?;
+            let load: ScriptLoad =
+                instance
+                    .get_typed_func(&mut *store, index)
+                    .map_err(|error| {
+                        RunError::Host(format!(
+                            "the script runtime's load function has the wrong type: {error:#}"
+                        ))
+                    })?;
+            let (loaded,) = load
+                .call_async(&mut *store, (script.name, script.source))
+                .await
+                .map_err(classify)?;
             loaded.map_err(RunError::Script)?;
         }
         (Some(_), None) => {
@@ -174,7 +199,10 @@ async fn execute(
         }
         (None, None) => {}
     }
-    let result = bindings.call_run(&mut *store, &args_json).await.map_err(classify)?;
+    let result = bindings
+        .call_run(&mut *store, &args_json)
+        .await
+        .map_err(classify)?;
     result.map_err(RunError::Workflow)
 }
 
@@ -185,7 +213,10 @@ fn classify(error: wasmtime::Error) -> RunError {
             return RunError::Limit(limit.clone());
         }
         if let Some(exit) = cause.downcast_ref::<wasmtime_wasi::I32Exit>() {
-            return RunError::Workflow(format!("the workflow exited with status {} without returning a result", exit.0));
+            return RunError::Workflow(format!(
+                "the workflow exited with status {} without returning a result",
+                exit.0
+            ));
         }
     }
     if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
@@ -202,12 +233,22 @@ fn explain(error: RunError, log: &LogBuffer) -> RunError {
     match error {
         RunError::Crashed(message) => {
             let tail = log.tail();
-            let printed: Vec<&String> = tail.iter().rev().take(6).collect::<Vec<_>>().into_iter().rev().collect();
+            let printed: Vec<&String> = tail
+                .iter()
+                .rev()
+                .take(6)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             if printed.is_empty() {
                 RunError::Crashed(message)
             } else {
                 let printed: Vec<&str> = printed.iter().map(|line| line.as_str()).collect();
-                RunError::Crashed(format!("{message}; it last printed:\n  {}", printed.join("\n  ")))
+                RunError::Crashed(format!(
+                    "{message}; it last printed:\n  {}",
+                    printed.join("\n  ")
+                ))
             }
         }
         other => other,

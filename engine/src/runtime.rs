@@ -37,7 +37,10 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { cache_dir: default_cache_dir(), max_live_runs: 256 }
+        RuntimeConfig {
+            cache_dir: default_cache_dir(),
+            max_live_runs: 256,
+        }
     }
 }
 
@@ -175,13 +178,25 @@ impl Runtime {
             })
             .map_err(|error| RuntimeError(format!("cannot start the epoch thread: {error}")))?;
 
-        Ok(Runtime { engine, linker, cache_dir: config.cache_dir, loaded: Mutex::new(HashMap::new()), ticker_stop })
+        Ok(Runtime {
+            engine,
+            linker,
+            cache_dir: config.cache_dir,
+            loaded: Mutex::new(HashMap::new()),
+            ticker_stop,
+        })
     }
 
     /// Loads a component file.
     pub fn load_file(&self, path: &Path) -> Result<Arc<Workflow>, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
-        let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         self.load(&name, &bytes)
     }
 
@@ -196,13 +211,22 @@ impl Runtime {
         let (component, compiled_from_cache) = self.compile(name, bytes, &hash)?;
 
         let ty = component.component_type();
-        let imports: Vec<String> = ty.imports(&self.engine).map(|(import, _)| import.to_string()).collect();
-        host::wasi::check_imports(imports.iter().map(String::as_str))
-            .map_err(|message| LoadError::ForbiddenImport { name: name.to_string(), message })?;
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|error| LoadError::ForbiddenImport { name: name.to_string(), message: format!("{error:#}") })?;
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(import, _)| import.to_string())
+            .collect();
+        host::wasi::check_imports(imports.iter().map(String::as_str)).map_err(|message| {
+            LoadError::ForbiddenImport {
+                name: name.to_string(),
+                message,
+            }
+        })?;
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|error| {
+            LoadError::ForbiddenImport {
+                name: name.to_string(),
+                message: format!("{error:#}"),
+            }
+        })?;
         WorkflowPre::new(instance_pre.clone()).map_err(|error| LoadError::NotAWorkflow {
             name: name.to_string(),
             message: format!("it must export `run: func(args-json: string) -> result<string, string>` (world corral:workflow/workflow): {error:#}"),
@@ -223,16 +247,27 @@ impl Runtime {
         Ok(workflow)
     }
 
-    fn compile(&self, name: &str, bytes: &[u8], hash: &str) -> Result<(Component, bool), LoadError> {
-        let cached = self.cache_dir.as_ref().map(|dir| dir.join(format!("{hash}-{}.cwasm", self.engine_fingerprint())));
+    fn compile(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        hash: &str,
+    ) -> Result<(Component, bool), LoadError> {
+        let cached = self
+            .cache_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{hash}-{}.cwasm", self.engine_fingerprint())));
         if let Some(path) = &cached
             && path.exists()
             && let Some(component) = self.deserialize_cached(path)
         {
             return Ok((component, true));
         }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|error| LoadError::Invalid { name: name.to_string(), message: format!("{error:#}") })?;
+        let component =
+            Component::new(&self.engine, bytes).map_err(|error| LoadError::Invalid {
+                name: name.to_string(),
+                message: format!("{error:#}"),
+            })?;
         if let Some(path) = cached {
             // The cache is an optimisation: failing to write it must not fail the run.
             let _ = write_cache(&path, &component);
@@ -251,7 +286,9 @@ impl Runtime {
 
     fn engine_fingerprint(&self) -> String {
         let mut hasher = std::hash::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
         format!("{:016x}", hasher.finish())
     }
 
@@ -267,9 +304,14 @@ impl Drop for Runtime {
 }
 
 fn check_component_header(name: &str, bytes: &[u8]) -> Result<(), LoadError> {
-    let invalid = |message: &str| LoadError::Invalid { name: name.to_string(), message: message.to_string() };
+    let invalid = |message: &str| LoadError::Invalid {
+        name: name.to_string(),
+        message: message.to_string(),
+    };
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-        return Err(invalid("the file does not start with the WebAssembly magic bytes"));
+        return Err(invalid(
+            "the file does not start with the WebAssembly magic bytes",
+        ));
     }
     if bytes[4..8] == [1, 0, 0, 0] {
         return Err(invalid(
@@ -280,7 +322,9 @@ fn check_component_header(name: &str, bytes: &[u8]) -> Result<(), LoadError> {
 }
 
 fn write_cache(path: &Path, component: &Component) -> std::io::Result<()> {
-    let bytes = component.serialize().map_err(|error| std::io::Error::other(format!("{error:#}")))?;
+    let bytes = component
+        .serialize()
+        .map_err(|error| std::io::Error::other(format!("{error:#}")))?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -11,7 +11,9 @@ pub struct OutputSchema {
 
 impl std::fmt::Debug for OutputSchema {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OutputSchema").field("source", &self.source).finish_non_exhaustive()
+        f.debug_struct("OutputSchema")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
     }
 }
 
@@ -59,11 +61,19 @@ impl OutputSchema {
             .take(MAX_REPORTED_ERRORS)
             .map(|error| {
                 let path = error.instance_path().as_str().to_string();
-                let path = if path.is_empty() { "(root)".to_string() } else { path };
+                let path = if path.is_empty() {
+                    "(root)".to_string()
+                } else {
+                    path
+                };
                 format!("at {path}: {error}")
             })
             .collect();
-        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
     }
 }
 
@@ -91,9 +101,16 @@ pub fn unsatisfiable_reason(schema: &Value, at: &str) -> Option<String> {
     {
         return Some(format!("{at} has an empty `type` list"));
     }
-    for (low, high) in [("minimum", "maximum"), ("minLength", "maxLength"), ("minItems", "maxItems"), ("minProperties", "maxProperties")] {
-        if let (Some(lo), Some(hi)) = (object.get(low).and_then(Value::as_f64), object.get(high).and_then(Value::as_f64))
-            && lo > hi
+    for (low, high) in [
+        ("minimum", "maximum"),
+        ("minLength", "maxLength"),
+        ("minItems", "maxItems"),
+        ("minProperties", "maxProperties"),
+    ] {
+        if let (Some(lo), Some(hi)) = (
+            object.get(low).and_then(Value::as_f64),
+            object.get(high).and_then(Value::as_f64),
+        ) && lo > hi
         {
             return Some(format!("{at} has {low} {lo} greater than {high} {hi}"));
         }
@@ -103,8 +120,12 @@ pub fn unsatisfiable_reason(schema: &Value, at: &str) -> Option<String> {
         for name in required.iter().filter_map(Value::as_str) {
             match properties.and_then(|p| p.get(name)) {
                 Some(property) => {
-                    if let Some(reason) = unsatisfiable_reason(property, &format!("{at}/properties/{name}")) {
-                        return Some(format!("required property '{name}' can never be satisfied: {reason}"));
+                    if let Some(reason) =
+                        unsatisfiable_reason(property, &format!("{at}/properties/{name}"))
+                    {
+                        return Some(format!(
+                            "required property '{name}' can never be satisfied: {reason}"
+                        ));
                     }
                 }
                 None if object.get("additionalProperties") == Some(&Value::Bool(false)) => {
@@ -131,7 +152,11 @@ pub fn unsatisfiable_reason(schema: &Value, at: &str) -> Option<String> {
 /// with min/max items, enum/const, numeric and length bounds, anyOf/oneOf/allOf (first branch),
 /// and local `$ref`s.
 pub fn example_instance(schema: &Value, seed: u64) -> Value {
-    let mut generator = Generator { root: schema, seed, depth: 0 };
+    let mut generator = Generator {
+        root: schema,
+        seed,
+        depth: 0,
+    };
     generator.instance(schema, "value")
 }
 
@@ -157,8 +182,12 @@ impl<'a> Generator<'a> {
     {
         let mut current = schema;
         for _ in 0..32 {
-            let Some(reference) = current.get("$ref").and_then(Value::as_str) else { break };
-            let Some(pointer) = reference.strip_prefix('#') else { break };
+            let Some(reference) = current.get("$ref").and_then(Value::as_str) else {
+                break;
+            };
+            let Some(pointer) = reference.strip_prefix('#') else {
+                break;
+            };
             match self.root.pointer(pointer) {
                 Some(target) => current = target,
                 None => break,
@@ -172,7 +201,9 @@ impl<'a> Generator<'a> {
         if self.depth > 16 {
             return Value::Null;
         }
-        let Value::Object(object) = schema else { return Value::Null };
+        let Value::Object(object) = schema else {
+            return Value::Null;
+        };
         if let Some(constant) = object.get("const") {
             return constant.clone();
         }
@@ -195,7 +226,11 @@ impl<'a> Generator<'a> {
         }
         let kind = match object.get("type") {
             Some(Value::String(kind)) => kind.as_str(),
-            Some(Value::Array(kinds)) => kinds.iter().filter_map(Value::as_str).find(|k| *k != "null").unwrap_or("null"),
+            Some(Value::Array(kinds)) => kinds
+                .iter()
+                .filter_map(Value::as_str)
+                .find(|k| *k != "null")
+                .unwrap_or("null"),
             None if object.contains_key("properties") => "object",
             None if object.contains_key("items") => "array",
             None => "string",
@@ -207,7 +242,7 @@ impl<'a> Generator<'a> {
             "array" => self.array(object, name),
             "integer" => self.number(object, true),
             "number" => self.number(object, false),
-            "boolean" => Value::Bool(self.next() % 2 == 0),
+            "boolean" => Value::Bool(self.next().is_multiple_of(2)),
             "string" => self.string(object, name),
             _ => Value::Null,
         };
@@ -227,7 +262,10 @@ impl<'a> Generator<'a> {
 
     fn array(&mut self, object: &Map<String, Value>, name: &str) -> Value {
         let min = object.get("minItems").and_then(Value::as_u64).unwrap_or(0);
-        let max = object.get("maxItems").and_then(Value::as_u64).unwrap_or(min.max(2));
+        let max = object
+            .get("maxItems")
+            .and_then(Value::as_u64)
+            .unwrap_or(min.max(2));
         let count = (1 + self.next() % 2).clamp(min, max.max(min));
         let items = object.get("items").cloned().unwrap_or(json!({}));
         let unique = object.get("uniqueItems") == Some(&Value::Bool(true));
@@ -245,12 +283,29 @@ impl<'a> Generator<'a> {
 
     fn number(&mut self, object: &Map<String, Value>, integer: bool) -> Value {
         let mut low = object.get("minimum").and_then(Value::as_f64).unwrap_or(0.0);
-        let mut high = object.get("maximum").and_then(Value::as_f64).unwrap_or(low + 10.0);
+        let mut high = object
+            .get("maximum")
+            .and_then(Value::as_f64)
+            .unwrap_or(low + 10.0);
         if let Some(exclusive) = object.get("exclusiveMinimum").and_then(Value::as_f64) {
-            low = low.max(exclusive + if integer { 1.0 } else { f64::EPSILON * exclusive.abs().max(1.0) });
+            low = low.max(
+                exclusive
+                    + if integer {
+                        1.0
+                    } else {
+                        f64::EPSILON * exclusive.abs().max(1.0)
+                    },
+            );
         }
         if let Some(exclusive) = object.get("exclusiveMaximum").and_then(Value::as_f64) {
-            high = high.min(exclusive - if integer { 1.0 } else { f64::EPSILON * exclusive.abs().max(1.0) });
+            high = high.min(
+                exclusive
+                    - if integer {
+                        1.0
+                    } else {
+                        f64::EPSILON * exclusive.abs().max(1.0)
+                    },
+            );
         }
         if integer {
             let (low, high) = (low.ceil() as i64, high.floor() as i64);
@@ -264,7 +319,10 @@ impl<'a> Generator<'a> {
 
     fn string(&mut self, object: &Map<String, Value>, name: &str) -> Value {
         let min = object.get("minLength").and_then(Value::as_u64).unwrap_or(0) as usize;
-        let max = object.get("maxLength").and_then(Value::as_u64).map(|m| m as usize);
+        let max = object
+            .get("maxLength")
+            .and_then(Value::as_u64)
+            .map(|m| m as usize);
         let mut text = match object.get("format").and_then(Value::as_str) {
             Some("date-time") => "2026-01-01T00:00:00Z".to_string(),
             Some("date") => "2026-01-01".to_string(),
@@ -336,19 +394,26 @@ mod tests {
         let schema = OutputSchema::from_value(findings_schema()).unwrap();
         for seed in 0..200 {
             let instance = example_instance(schema.source(), seed);
-            schema.validate(&instance).unwrap_or_else(|e| panic!("seed {seed}: {e}: {instance}"));
+            schema
+                .validate(&instance)
+                .unwrap_or_else(|e| panic!("seed {seed}: {e}: {instance}"));
         }
     }
 
     #[test]
     fn instances_are_deterministic() {
-        assert_eq!(example_instance(&findings_schema(), 7), example_instance(&findings_schema(), 7));
+        assert_eq!(
+            example_instance(&findings_schema(), 7),
+            example_instance(&findings_schema(), 7)
+        );
     }
 
     #[test]
     fn validation_errors_name_the_path() {
         let schema = OutputSchema::from_value(findings_schema()).unwrap();
-        let error = schema.validate(&json!({"findings": [{"title": "x"}], "score": 2, "ok": true, "ref": "n"})).unwrap_err();
+        let error = schema
+            .validate(&json!({"findings": [{"title": "x"}], "score": 2, "ok": true, "ref": "n"}))
+            .unwrap_err();
         assert!(error.contains("/findings/0"), "{error}");
         assert!(error.contains("/score"), "{error}");
     }
@@ -357,21 +422,40 @@ mod tests {
     fn non_object_roots_are_refused() {
         let error = OutputSchema::compile(r#"{"type": "array"}"#).unwrap_err();
         assert!(error.contains("root must be an object schema"), "{error}");
-        assert!(OutputSchema::compile("{not json").unwrap_err().contains("not valid JSON"));
+        assert!(
+            OutputSchema::compile("{not json")
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
     }
 
     #[test]
     fn unsatisfiable_schemas_are_refused_with_the_reason() {
         let cases = [
-            (json!({"type": "object", "properties": {"a": false}, "required": ["a"]}), "is `false`"),
-            (json!({"type": "object", "properties": {"a": {"enum": []}}, "required": ["a"]}), "empty `enum`"),
-            (json!({"type": "object", "properties": {"n": {"type": "integer", "minimum": 5, "maximum": 1}}, "required": ["n"]}), "minimum 5 greater than maximum 1"),
-            (json!({"type": "object", "required": ["a"], "additionalProperties": false}), "requires 'a' but forbids it"),
+            (
+                json!({"type": "object", "properties": {"a": false}, "required": ["a"]}),
+                "is `false`",
+            ),
+            (
+                json!({"type": "object", "properties": {"a": {"enum": []}}, "required": ["a"]}),
+                "empty `enum`",
+            ),
+            (
+                json!({"type": "object", "properties": {"n": {"type": "integer", "minimum": 5, "maximum": 1}}, "required": ["n"]}),
+                "minimum 5 greater than maximum 1",
+            ),
+            (
+                json!({"type": "object", "required": ["a"], "additionalProperties": false}),
+                "requires 'a' but forbids it",
+            ),
             (json!({"type": "object", "not": {}}), "rejects every value"),
         ];
         for (schema, expected) in cases {
             let error = OutputSchema::from_value(schema.clone()).unwrap_err();
-            assert!(error.contains("can never be satisfied") && error.contains(expected), "{schema}: {error}");
+            assert!(
+                error.contains("can never be satisfied") && error.contains(expected),
+                "{schema}: {error}"
+            );
         }
     }
 }

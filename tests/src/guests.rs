@@ -76,7 +76,13 @@ pub fn build_guests() -> &'static Path {
         let mut command = Command::new(&cargo);
         command
             .current_dir(workspace_root())
-            .args(["build", "--profile", GUEST_PROFILE, "--target", GUEST_TARGET])
+            .args([
+                "build",
+                "--profile",
+                GUEST_PROFILE,
+                "--target",
+                GUEST_TARGET,
+            ])
             .arg("--target-dir")
             .arg(&target_dir);
         for name in guest_names() {

@@ -20,13 +20,19 @@ pub fn runtime() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         let cache = std::env::temp_dir().join(format!("corral-test-cache-{}", std::process::id()));
-        Runtime::new(RuntimeConfig { cache_dir: Some(cache), ..RuntimeConfig::default() }).expect("the engine starts")
+        Runtime::new(RuntimeConfig {
+            cache_dir: Some(cache),
+            ..RuntimeConfig::default()
+        })
+        .expect("the engine starts")
     })
 }
 
 /// Loads a guest built from `tests/guests/` or `workflows/`.
 pub fn workflow(name: &str) -> Arc<Workflow> {
-    runtime().load_file(&guest_path(name)).unwrap_or_else(|e| panic!("loading {name}: {e}"))
+    runtime()
+        .load_file(&guest_path(name))
+        .unwrap_or_else(|e| panic!("loading {name}: {e}"))
 }
 
 /// A run's configuration with sensible test defaults.
@@ -80,7 +86,9 @@ impl Run {
 
     /// Runs `workflow` (loaded by `runtime`) to completion.
     pub async fn run_on(self, runtime: &Runtime, workflow: &Workflow) -> RunReport {
-        let root = self.root.map(|dir| ToolRoot::open(&dir, self.limits.tools.clone()).expect("the test root opens"));
+        let root = self.root.map(|dir| {
+            ToolRoot::open(&dir, self.limits.tools.clone()).expect("the test root opens")
+        });
         let events: Arc<dyn EventSink> = self.events;
         runtime
             .run(
@@ -101,7 +109,8 @@ impl Run {
 /// Parses a successful run's result.
 pub fn result(report: &RunReport) -> Value {
     match &report.outcome {
-        Ok(text) => serde_json::from_str(text).unwrap_or_else(|e| panic!("the result is not JSON ({e}): {text}")),
+        Ok(text) => serde_json::from_str(text)
+            .unwrap_or_else(|e| panic!("the result is not JSON ({e}): {text}")),
         Err(error) => panic!("the run failed: {error}"),
     }
 }
@@ -115,7 +124,14 @@ pub fn sim(latency_ms: u64) -> Arc<SimProvider> {
 pub fn git(dir: &Path, args: &[&str]) {
     let status = Command::new("git")
         .current_dir(dir)
-        .args(["-c", "user.name=Fixture", "-c", "user.email=fixture@example.com", "-c", "commit.gpgsign=false"])
+        .args([
+            "-c",
+            "user.name=Fixture",
+            "-c",
+            "user.email=fixture@example.com",
+            "-c",
+            "commit.gpgsign=false",
+        ])
         .args(args)
         .status()
         .expect("git runs");
@@ -132,16 +148,31 @@ pub fn fixture_repo() -> tempfile::TempDir {
         std::fs::write(path, text).unwrap();
     };
     write(".gitignore", "target/\n");
-    write("src/main.rs", "fn main() {\n    let total = add(1, 2);\n    println!(\"{total}\");\n}\n");
-    write("src/math.rs", "pub fn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n// TODO: overflow\n");
+    write(
+        "src/main.rs",
+        "fn main() {\n    let total = add(1, 2);\n    println!(\"{total}\");\n}\n",
+    );
+    write(
+        "src/math.rs",
+        "pub fn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n// TODO: overflow\n",
+    );
     write("README.md", "# fixture\n");
-    write("target/build.rs", "// ignored build output, TODO never seen\n");
+    write(
+        "target/build.rs",
+        "// ignored build output, TODO never seen\n",
+    );
     git(root, &["init", "-q", "-b", "main"]);
     git(root, &["add", "-A"]);
     git(root, &["commit", "-q", "-m", "first commit"]);
-    write("src/math.rs", "pub fn add(a: i32, b: i32) -> i32 {\n    a.wrapping_add(b)\n}\n// TODO: overflow\n");
+    write(
+        "src/math.rs",
+        "pub fn add(a: i32, b: i32) -> i32 {\n    a.wrapping_add(b)\n}\n// TODO: overflow\n",
+    );
     git(root, &["commit", "-q", "-am", "wrap on overflow"]);
-    write("src/main.rs", "fn main() {\n    let total = add(40, 2);\n    println!(\"{total}\");\n}\n");
+    write(
+        "src/main.rs",
+        "fn main() {\n    let total = add(40, 2);\n    println!(\"{total}\");\n}\n",
+    );
     dir
 }
 
@@ -156,9 +187,14 @@ pub fn corral() -> Command {
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building the corral binary failed");
-        crate::guests::guest_target_dir().join("debug").join("corral")
+        crate::guests::guest_target_dir()
+            .join("debug")
+            .join("corral")
     });
     let mut command = Command::new(binary);
-    command.env("CORRAL_CACHE_DIR", std::env::temp_dir().join(format!("corral-cli-cache-{}", std::process::id())));
+    command.env(
+        "CORRAL_CACHE_DIR",
+        std::env::temp_dir().join(format!("corral-cli-cache-{}", std::process::id())),
+    );
     command
 }

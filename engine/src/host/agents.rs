@@ -12,14 +12,18 @@ use super::bindings::corral::workflow::types::{Host as TypesHost, Usage};
 use crate::agent_loop::{self, DEFAULT_MAX_TURNS};
 use crate::limits::LimitExceeded;
 use crate::provider;
-use crate::schema::OutputSchema;
 use crate::scheduler::AgentOutcome;
+use crate::schema::OutputSchema;
 
 impl TypesHost for RunState {}
 
 impl RunState {
     /// Turns the guest's options into a request, refusing invalid ones before anything starts.
-    fn agent_request(&self, prompt: String, options: AgentOptions) -> Result<agent_loop::AgentRequest, agent_loop::AgentError> {
+    fn agent_request(
+        &self,
+        prompt: String,
+        options: AgentOptions,
+    ) -> Result<agent_loop::AgentRequest, agent_loop::AgentError> {
         use agent_loop::AgentError::{Denied, InvalidInput};
         let limits = &self.limits;
         let schema_bytes = options.schema.as_ref().map_or(0, String::len);
@@ -69,18 +73,29 @@ impl RunState {
             tools: options.tools,
             max_tokens,
             max_turns: options.max_turns.unwrap_or(DEFAULT_MAX_TURNS),
-            timeout: options.timeout_ms.map(|ms| Duration::from_millis(u64::from(ms))),
+            timeout: options
+                .timeout_ms
+                .map(|ms| Duration::from_millis(u64::from(ms))),
         })
     }
 
-    fn start_call(&mut self, prompt: String, options: AgentOptions) -> Result<CallId, agent_loop::AgentError> {
+    fn start_call(
+        &mut self,
+        prompt: String,
+        options: AgentOptions,
+    ) -> Result<CallId, agent_loop::AgentError> {
         let request = self.agent_request(prompt, options)?;
         self.scheduler.start(request)
     }
 
     fn check_batch(&self, what: &'static str, size: usize) -> wasmtime::Result<()> {
         if size > self.limits.max_batch {
-            return Err(LimitExceeded::Batch { what, size, limit: self.limits.max_batch }.into());
+            return Err(LimitExceeded::Batch {
+                what,
+                size,
+                limit: self.limits.max_batch,
+            }
+            .into());
         }
         Ok(())
     }
@@ -95,14 +110,24 @@ impl RunState {
 }
 
 impl Host for RunState {
-    fn start(&mut self, prompt: String, options: AgentOptions) -> wasmtime::Result<Result<CallId, AgentError>> {
+    fn start(
+        &mut self,
+        prompt: String,
+        options: AgentOptions,
+    ) -> wasmtime::Result<Result<CallId, AgentError>> {
         Ok(self.start_call(prompt, options).map_err(to_wit_error))
     }
 
     async fn wait(&mut self, ids: Vec<CallId>) -> wasmtime::Result<Vec<Completion>> {
         self.check_batch("wait", ids.len())?;
         let done = self.collect(&ids).await;
-        Ok(done.into_iter().map(|(id, outcome)| Completion { id, outcome: to_wit_outcome(outcome) }).collect())
+        Ok(done
+            .into_iter()
+            .map(|(id, outcome)| Completion {
+                id,
+                outcome: to_wit_outcome(outcome),
+            })
+            .collect())
     }
 
     fn cancel(&mut self, id: CallId) -> wasmtime::Result<()> {
@@ -110,19 +135,29 @@ impl Host for RunState {
         Ok(())
     }
 
-    async fn call(&mut self, prompt: String, options: AgentOptions) -> wasmtime::Result<Result<AgentOutput, AgentError>> {
+    async fn call(
+        &mut self,
+        prompt: String,
+        options: AgentOptions,
+    ) -> wasmtime::Result<Result<AgentOutput, AgentError>> {
         let id = match self.start_call(prompt, options) {
             Ok(id) => id,
             Err(error) => return Ok(Err(to_wit_error(error))),
         };
         let mut done = self.collect(&[id]).await;
-        let (_, outcome) = done.pop().expect("wait returns the one id it was given once it finished");
+        let (_, outcome) = done
+            .pop()
+            .expect("wait returns the one id it was given once it finished");
         Ok(to_wit_outcome(outcome))
     }
 
-    async fn parallel(&mut self, requests: Vec<AgentRequest>) -> wasmtime::Result<Vec<Result<AgentOutput, AgentError>>> {
+    async fn parallel(
+        &mut self,
+        requests: Vec<AgentRequest>,
+    ) -> wasmtime::Result<Vec<Result<AgentOutput, AgentError>>> {
         self.check_batch("parallel", requests.len())?;
-        let mut slots: Vec<Option<Result<AgentOutput, AgentError>>> = Vec::with_capacity(requests.len());
+        let mut slots: Vec<Option<Result<AgentOutput, AgentError>>> =
+            Vec::with_capacity(requests.len());
         let mut pending: Vec<(usize, CallId)> = Vec::new();
         for (index, request) in requests.into_iter().enumerate() {
             match self.start_call(request.prompt, request.options) {
@@ -136,13 +171,17 @@ impl Host for RunState {
         while !pending.is_empty() {
             let ids: Vec<CallId> = pending.iter().map(|(_, id)| *id).collect();
             for (id, outcome) in self.collect(&ids).await {
-                if let Some(position) = pending.iter().position(|(_, pending_id)| *pending_id == id) {
+                if let Some(position) = pending.iter().position(|(_, pending_id)| *pending_id == id)
+                {
                     let (index, _) = pending.swap_remove(position);
                     slots[index] = Some(to_wit_outcome(outcome));
                 }
             }
         }
-        Ok(slots.into_iter().map(|slot| slot.expect("every slot is filled once all calls are collected")).collect())
+        Ok(slots
+            .into_iter()
+            .map(|slot| slot.expect("every slot is filled once all calls are collected"))
+            .collect())
     }
 }
 

@@ -60,7 +60,10 @@ pub(crate) struct RunState {
 
 impl WasiView for RunState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -93,7 +96,10 @@ pub(crate) struct CpuMeter {
 
 impl CpuMeter {
     pub(crate) fn new() -> Self {
-        CpuMeter { started: Instant::now(), suspended: Duration::ZERO }
+        CpuMeter {
+            started: Instant::now(),
+            suspended: Duration::ZERO,
+        }
     }
 
     /// Records a span spent suspended in the host.
@@ -126,16 +132,33 @@ impl RunLimiter {
 }
 
 impl ResourceLimiter for RunLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.max_memory {
-            return Err(LimitExceeded::Memory { requested: desired, limit: self.max_memory }.into());
+            return Err(LimitExceeded::Memory {
+                requested: desired,
+                limit: self.max_memory,
+            }
+            .into());
         }
         Ok(true)
     }
 
-    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if !self.inner.table_growing(current, desired, maximum)? {
-            return Err(LimitExceeded::Resource(format!("a table tried to grow to {desired} elements")).into());
+            return Err(LimitExceeded::Resource(format!(
+                "a table tried to grow to {desired} elements"
+            ))
+            .into());
         }
         Ok(true)
     }

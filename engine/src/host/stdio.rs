@@ -31,7 +31,14 @@ pub(crate) struct LogBuffer {
 
 impl LogBuffer {
     pub(crate) fn new(limit: usize, events: Arc<dyn EventSink>) -> Self {
-        LogBuffer { shared: Arc::new(Mutex::new(LogShared { limit, used: 0, events, tail: Vec::new() })) }
+        LogBuffer {
+            shared: Arc::new(Mutex::new(LogShared {
+                limit,
+                used: 0,
+                events,
+                tail: Vec::new(),
+            })),
+        }
     }
 
     /// Charges `bytes` against the limit; past it, the run ends with a trap naming the limit.
@@ -51,11 +58,16 @@ impl LogBuffer {
 
     /// A stream for the guest's stdout or stderr.
     pub(crate) fn stream(&self) -> GuestOutput {
-        GuestOutput { log: self.clone(), partial: Arc::new(Mutex::new(Vec::new())) }
+        GuestOutput {
+            log: self.clone(),
+            partial: Arc::new(Mutex::new(Vec::new())),
+        }
     }
 
     fn emit(&self, line: &[u8]) {
-        let message = String::from_utf8_lossy(line).trim_end_matches('\r').to_string();
+        let message = String::from_utf8_lossy(line)
+            .trim_end_matches('\r')
+            .to_string();
         let mut shared = self.lock();
         if shared.tail.len() == TAIL_LINES {
             shared.tail.remove(0);
@@ -125,7 +137,8 @@ impl StdoutStream for GuestOutput {
 
 impl OutputStream for GuestOutput {
     fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
-        self.accept(&bytes).map_err(|limit| StreamError::Trap(limit.into()))
+        self.accept(&bytes)
+            .map_err(|limit| StreamError::Trap(limit.into()))
     }
 
     fn flush(&mut self) -> Result<(), StreamError> {
@@ -144,8 +157,16 @@ impl Pollable for GuestOutput {
 }
 
 impl tokio::io::AsyncWrite for GuestOutput {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Poll::Ready(self.accept(buf).map(|()| buf.len()).map_err(std::io::Error::other))
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(
+            self.accept(buf)
+                .map(|()| buf.len())
+                .map_err(std::io::Error::other),
+        )
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -6,7 +6,9 @@
 use std::time::Instant;
 
 use super::RunState;
-use super::bindings::corral::workflow::tools::{Commit, GrepMatch, GrepOptions, Host, StatusEntry, ToolError};
+use super::bindings::corral::workflow::tools::{
+    Commit, GrepMatch, GrepOptions, Host, StatusEntry, ToolError,
+};
 use crate::tools::{self, ToolRoot};
 
 impl RunState {
@@ -37,7 +39,11 @@ impl Host for RunState {
         self.with_root(move |root| root.glob(&pattern)).await
     }
 
-    async fn grep(&mut self, pattern: String, options: GrepOptions) -> wasmtime::Result<Result<Vec<GrepMatch>, ToolError>> {
+    async fn grep(
+        &mut self,
+        pattern: String,
+        options: GrepOptions,
+    ) -> wasmtime::Result<Result<Vec<GrepMatch>, ToolError>> {
         self.with_root(move |root| {
             let options = tools::GrepOptions {
                 glob: options.glob,
@@ -45,34 +51,65 @@ impl Host for RunState {
                 max_matches: options.max_matches,
             };
             let matches = root.grep(&pattern, &options)?;
-            Ok(matches.into_iter().map(|m| GrepMatch { path: m.path, line: m.line, text: m.text }).collect())
-        })
-        .await
-    }
-
-    async fn git_log(&mut self, path: Option<String>, max: Option<u32>) -> wasmtime::Result<Result<Vec<Commit>, ToolError>> {
-        self.with_root(move |root| {
-            let commits = root.git_log(path.as_deref(), max)?;
-            Ok(commits
+            Ok(matches
                 .into_iter()
-                .map(|c| Commit { id: c.id, author: c.author, time: c.time, summary: c.summary })
+                .map(|m| GrepMatch {
+                    path: m.path,
+                    line: m.line,
+                    text: m.text,
+                })
                 .collect())
         })
         .await
     }
 
-    async fn git_show(&mut self, rev: String, path: Option<String>) -> wasmtime::Result<Result<String, ToolError>> {
-        self.with_root(move |root| root.git_show(&rev, path.as_deref())).await
+    async fn git_log(
+        &mut self,
+        path: Option<String>,
+        max: Option<u32>,
+    ) -> wasmtime::Result<Result<Vec<Commit>, ToolError>> {
+        self.with_root(move |root| {
+            let commits = root.git_log(path.as_deref(), max)?;
+            Ok(commits
+                .into_iter()
+                .map(|c| Commit {
+                    id: c.id,
+                    author: c.author,
+                    time: c.time,
+                    summary: c.summary,
+                })
+                .collect())
+        })
+        .await
     }
 
-    async fn git_diff(&mut self, range: Option<String>) -> wasmtime::Result<Result<String, ToolError>> {
-        self.with_root(move |root| root.git_diff(range.as_deref())).await
+    async fn git_show(
+        &mut self,
+        rev: String,
+        path: Option<String>,
+    ) -> wasmtime::Result<Result<String, ToolError>> {
+        self.with_root(move |root| root.git_show(&rev, path.as_deref()))
+            .await
+    }
+
+    async fn git_diff(
+        &mut self,
+        range: Option<String>,
+    ) -> wasmtime::Result<Result<String, ToolError>> {
+        self.with_root(move |root| root.git_diff(range.as_deref()))
+            .await
     }
 
     async fn git_status(&mut self) -> wasmtime::Result<Result<Vec<StatusEntry>, ToolError>> {
         self.with_root(|root| {
             let entries = root.git_status()?;
-            Ok(entries.into_iter().map(|e| StatusEntry { path: e.path, status: e.status }).collect())
+            Ok(entries
+                .into_iter()
+                .map(|e| StatusEntry {
+                    path: e.path,
+                    status: e.status,
+                })
+                .collect())
         })
         .await
     }

@@ -64,23 +64,65 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
 
     wasmtime_wasi_io::add_to_linker_async(linker)?;
     let l = linker;
-    clocks::wall_clock::add_to_linker::<RunState, WasiClocks>(l, <RunState as wasmtime_wasi::clocks::WasiClocksView>::clocks)?;
-    clocks::monotonic_clock::add_to_linker::<RunState, WasiClocks>(l, <RunState as wasmtime_wasi::clocks::WasiClocksView>::clocks)?;
+    clocks::wall_clock::add_to_linker::<RunState, WasiClocks>(
+        l,
+        <RunState as wasmtime_wasi::clocks::WasiClocksView>::clocks,
+    )?;
+    clocks::monotonic_clock::add_to_linker::<RunState, WasiClocks>(
+        l,
+        <RunState as wasmtime_wasi::clocks::WasiClocksView>::clocks,
+    )?;
     random::random::add_to_linker::<RunState, WasiRandom>(l, |t| t.wasi.random())?;
     random::insecure::add_to_linker::<RunState, WasiRandom>(l, |t| t.wasi.random())?;
     random::insecure_seed::add_to_linker::<RunState, WasiRandom>(l, |t| t.wasi.random())?;
-    cli::exit::add_to_linker::<RunState, WasiCli>(l, <RunState as wasmtime_wasi::cli::WasiCliView>::cli)?;
-    cli::environment::add_to_linker::<RunState, WasiCli>(l, <RunState as wasmtime_wasi::cli::WasiCliView>::cli)?;
-    cli::stdin::add_to_linker::<RunState, WasiCli>(l, <RunState as wasmtime_wasi::cli::WasiCliView>::cli)?;
-    cli::stdout::add_to_linker::<RunState, WasiCli>(l, <RunState as wasmtime_wasi::cli::WasiCliView>::cli)?;
-    cli::stderr::add_to_linker::<RunState, WasiCli>(l, <RunState as wasmtime_wasi::cli::WasiCliView>::cli)?;
-    cli::terminal_input::add_to_linker::<RunState, WasiCli>(l, <RunState as wasmtime_wasi::cli::WasiCliView>::cli)?;
-    cli::terminal_output::add_to_linker::<RunState, WasiCli>(l, <RunState as wasmtime_wasi::cli::WasiCliView>::cli)?;
-    cli::terminal_stdin::add_to_linker::<RunState, WasiCli>(l, <RunState as wasmtime_wasi::cli::WasiCliView>::cli)?;
-    cli::terminal_stdout::add_to_linker::<RunState, WasiCli>(l, <RunState as wasmtime_wasi::cli::WasiCliView>::cli)?;
-    cli::terminal_stderr::add_to_linker::<RunState, WasiCli>(l, <RunState as wasmtime_wasi::cli::WasiCliView>::cli)?;
-    filesystem::types::add_to_linker::<RunState, WasiFilesystem>(l, <RunState as wasmtime_wasi::filesystem::WasiFilesystemView>::filesystem)?;
-    filesystem::preopens::add_to_linker::<RunState, WasiFilesystem>(l, <RunState as wasmtime_wasi::filesystem::WasiFilesystemView>::filesystem)?;
+    cli::exit::add_to_linker::<RunState, WasiCli>(
+        l,
+        <RunState as wasmtime_wasi::cli::WasiCliView>::cli,
+    )?;
+    cli::environment::add_to_linker::<RunState, WasiCli>(
+        l,
+        <RunState as wasmtime_wasi::cli::WasiCliView>::cli,
+    )?;
+    cli::stdin::add_to_linker::<RunState, WasiCli>(
+        l,
+        <RunState as wasmtime_wasi::cli::WasiCliView>::cli,
+    )?;
+    cli::stdout::add_to_linker::<RunState, WasiCli>(
+        l,
+        <RunState as wasmtime_wasi::cli::WasiCliView>::cli,
+    )?;
+    cli::stderr::add_to_linker::<RunState, WasiCli>(
+        l,
+        <RunState as wasmtime_wasi::cli::WasiCliView>::cli,
+    )?;
+    cli::terminal_input::add_to_linker::<RunState, WasiCli>(
+        l,
+        <RunState as wasmtime_wasi::cli::WasiCliView>::cli,
+    )?;
+    cli::terminal_output::add_to_linker::<RunState, WasiCli>(
+        l,
+        <RunState as wasmtime_wasi::cli::WasiCliView>::cli,
+    )?;
+    cli::terminal_stdin::add_to_linker::<RunState, WasiCli>(
+        l,
+        <RunState as wasmtime_wasi::cli::WasiCliView>::cli,
+    )?;
+    cli::terminal_stdout::add_to_linker::<RunState, WasiCli>(
+        l,
+        <RunState as wasmtime_wasi::cli::WasiCliView>::cli,
+    )?;
+    cli::terminal_stderr::add_to_linker::<RunState, WasiCli>(
+        l,
+        <RunState as wasmtime_wasi::cli::WasiCliView>::cli,
+    )?;
+    filesystem::types::add_to_linker::<RunState, WasiFilesystem>(
+        l,
+        <RunState as wasmtime_wasi::filesystem::WasiFilesystemView>::filesystem,
+    )?;
+    filesystem::preopens::add_to_linker::<RunState, WasiFilesystem>(
+        l,
+        <RunState as wasmtime_wasi::filesystem::WasiFilesystemView>::filesystem,
+    )?;
     Ok(())
 }
 
@@ -90,7 +132,12 @@ mod tests {
 
     #[test]
     fn allowed_imports_pass_with_any_version() {
-        check_imports(["wasi:cli/stdout@0.2.6", "corral:workflow/agents@0.1.0", "wasi:filesystem/preopens@0.2.0"]).unwrap();
+        check_imports([
+            "wasi:cli/stdout@0.2.6",
+            "corral:workflow/agents@0.1.0",
+            "wasi:filesystem/preopens@0.2.0",
+        ])
+        .unwrap();
     }
 
     #[test]

@@ -9,7 +9,9 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::{Block, BoxFuture, ChatRequest, ChatResponse, Provider, ProviderError, StopReason, Usage};
+use super::{
+    Block, BoxFuture, ChatRequest, ChatResponse, Provider, ProviderError, StopReason, Usage,
+};
 use crate::agent_loop::SUBMIT_TOOL;
 use crate::schema::example_instance;
 
@@ -25,7 +27,10 @@ pub struct SimProvider {
 impl SimProvider {
     /// A provider that answers after `latency`.
     pub fn new(latency: Duration) -> Self {
-        SimProvider { latency, ..SimProvider::default() }
+        SimProvider {
+            latency,
+            ..SimProvider::default()
+        }
     }
 
     /// The most requests that were ever in flight at once.
@@ -61,7 +66,10 @@ impl Provider for SimProvider {
         }
     }
 
-    fn complete<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+    fn complete<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         Box::pin(async move {
             self.requests.fetch_add(1, Ordering::SeqCst);
             let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -82,24 +90,39 @@ fn answer(request: &ChatRequest) -> ChatResponse {
         Some(tool) => {
             let input = example_instance(&tool.input_schema, seed);
             let bytes = input.to_string().len();
-            let block = Block::ToolUse { id: format!("sim-{seed:016x}"), name: SUBMIT_TOOL.to_string(), input };
+            let block = Block::ToolUse {
+                id: format!("sim-{seed:016x}"),
+                name: SUBMIT_TOOL.to_string(),
+                input,
+            };
             (vec![block], StopReason::ToolUse, bytes)
         }
         None => {
             let prompt = last_user_text(request);
             let head: String = prompt.chars().take(120).collect();
-            let text = format!("[simulated {} answer {:04x}] {head}", request.model, seed & 0xffff);
+            let text = format!(
+                "[simulated {} answer {:04x}] {head}",
+                request.model,
+                seed & 0xffff
+            );
             let bytes = text.len();
             (vec![Block::Text(text)], StopReason::EndTurn, bytes)
         }
     };
     let usage = Usage {
         input_tokens: request.input_bytes().div_ceil(4),
-        output_tokens: (output_bytes as u64).div_ceil(4).min(u64::from(request.max_tokens)),
+        output_tokens: (output_bytes as u64)
+            .div_ceil(4)
+            .min(u64::from(request.max_tokens)),
         cache_read_tokens: 0,
         cache_write_tokens: 0,
     };
-    ChatResponse { content, stop, usage, model: request.model.clone() }
+    ChatResponse {
+        content,
+        stop,
+        usage,
+        model: request.model.clone(),
+    }
 }
 
 fn last_user_text(request: &ChatRequest) -> &str {
@@ -163,10 +186,19 @@ mod tests {
     #[tokio::test]
     async fn schema_requests_submit_a_valid_instance() {
         let schema = json!({"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]});
-        let submit = ToolSpec { name: SUBMIT_TOOL.into(), description: String::new(), input_schema: schema };
-        let answer = SimProvider::default().complete(&request(vec![submit])).await.unwrap();
+        let submit = ToolSpec {
+            name: SUBMIT_TOOL.into(),
+            description: String::new(),
+            input_schema: schema,
+        };
+        let answer = SimProvider::default()
+            .complete(&request(vec![submit]))
+            .await
+            .unwrap();
         assert_eq!(answer.stop, StopReason::ToolUse);
-        let Block::ToolUse { input, .. } = &answer.content[0] else { panic!("expected a tool use") };
+        let Block::ToolUse { input, .. } = &answer.content[0] else {
+            panic!("expected a tool use")
+        };
         assert!(input["ok"].is_boolean());
         assert!(answer.usage.output_tokens <= 100);
     }

@@ -6,7 +6,11 @@ use crate::events::NoEvents;
 use crate::provider::sim::SimProvider;
 
 fn scheduler(provider: Arc<SimProvider>, max_concurrent: usize, max_agents: u64) -> AgentScheduler {
-    let context = AgentContext { provider, ledger: BudgetLedger::new(None), tools: None };
+    let context = AgentContext {
+        provider,
+        ledger: BudgetLedger::new(None),
+        tools: None,
+    };
     AgentScheduler::new(context, max_concurrent, max_agents, Arc::new(NoEvents))
 }
 
@@ -39,7 +43,9 @@ async fn wait_all(scheduler: &mut AgentScheduler, mut ids: Vec<u64>) -> Vec<(u64
 async fn never_more_than_the_cap_in_flight() {
     let provider = Arc::new(SimProvider::new(Duration::from_millis(5)));
     let mut scheduler = scheduler(Arc::clone(&provider), 4, 1000);
-    let ids: Vec<u64> = (0..40).map(|i| scheduler.start(request(&format!("p{i}"))).unwrap()).collect();
+    let ids: Vec<u64> = (0..40)
+        .map(|i| scheduler.start(request(&format!("p{i}"))).unwrap())
+        .collect();
     let done = wait_all(&mut scheduler, ids).await;
     assert_eq!(done.len(), 40);
     assert!(done.iter().all(|(_, outcome)| outcome.is_ok()));
@@ -63,7 +69,9 @@ async fn the_agent_cap_refuses_the_next_start() {
 #[tokio::test]
 async fn wait_hands_back_every_finished_call_at_once() {
     let mut scheduler = scheduler(Arc::new(SimProvider::default()), 16, 100);
-    let ids: Vec<u64> = (0..5).map(|_| scheduler.start(request("x")).unwrap()).collect();
+    let ids: Vec<u64> = (0..5)
+        .map(|_| scheduler.start(request("x")).unwrap())
+        .collect();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let done = scheduler.wait(&ids).await;
     assert_eq!(done.len(), 5);

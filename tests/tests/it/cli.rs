@@ -19,7 +19,11 @@ fn run(args: &[&str]) -> Outcome {
         code: output.status.code().expect("corral exits normally"),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         // Progress and summary lines carry timings; the error lines are what users act on.
-        errors: stderr.lines().filter(|l| l.starts_with("error")).collect::<Vec<_>>().join("\n"),
+        errors: stderr
+            .lines()
+            .filter(|l| l.starts_with("error"))
+            .collect::<Vec<_>>()
+            .join("\n"),
     }
 }
 
@@ -31,7 +35,11 @@ fn probe(args: &str, extra: &[&str]) -> Outcome {
 }
 
 fn check(outcome: &Outcome, code: i32, errors: Expect) {
-    assert_eq!(outcome.code, code, "stdout: {}\nerrors: {}", outcome.stdout, outcome.errors);
+    assert_eq!(
+        outcome.code, code,
+        "stdout: {}\nerrors: {}",
+        outcome.stdout, outcome.errors
+    );
     errors.assert_eq(&outcome.errors);
 }
 
@@ -46,15 +54,28 @@ fn success_prints_the_result_on_stdout() {
 fn the_example_workflow_runs_over_a_directory() {
     let repo = fixture_repo();
     let path = guest_path("audit-files");
-    let outcome = run(&["run", path.to_str().unwrap(), "--root", repo.path().to_str().unwrap(), "-q"]);
+    let outcome = run(&[
+        "run",
+        path.to_str().unwrap(),
+        "--root",
+        repo.path().to_str().unwrap(),
+        "-q",
+    ]);
     check(&outcome, 0, expect![""]);
     let result: serde_json::Value = serde_json::from_str(&outcome.stdout).unwrap();
-    assert_eq!(result["files"], serde_json::json!(["src/main.rs", "src/math.rs"]));
+    assert_eq!(
+        result["files"],
+        serde_json::json!(["src/main.rs", "src/math.rs"])
+    );
 }
 
 #[test]
 fn workflow_errors_exit_1() {
-    check(&probe(r#"{"mode":"fail","message":"nothing to do"}"#, &[]), 1, expect!["error: the workflow failed: nothing to do"]);
+    check(
+        &probe(r#"{"mode":"fail","message":"nothing to do"}"#, &[]),
+        1,
+        expect!["error: the workflow failed: nothing to do"],
+    );
 }
 
 #[test]
@@ -62,34 +83,57 @@ fn limits_exit_3() {
     check(
         &probe(r#"{"mode":"spin"}"#, &["--max-cpu", "200ms"]),
         3,
-        expect!["error: guest CPU limit exceeded: the workflow computed for more than 200ms (raise --max-cpu, or find the loop that never ends)"],
+        expect![
+            "error: guest CPU limit exceeded: the workflow computed for more than 200ms (raise --max-cpu, or find the loop that never ends)"
+        ],
     );
     check(
-        &probe(r#"{"mode":"stdout","bytes":5000}"#, &["--max-log-bytes", "1KiB"]),
+        &probe(
+            r#"{"mode":"stdout","bytes":5000}"#,
+            &["--max-log-bytes", "1KiB"],
+        ),
         3,
-        expect!["error: log limit exceeded: the workflow wrote more than 1024 bytes of output and log lines (raise --max-log-bytes)"],
+        expect![
+            "error: log limit exceeded: the workflow wrote more than 1024 bytes of output and log lines (raise --max-log-bytes)"
+        ],
     );
 }
 
 #[test]
 fn usage_errors_exit_2_and_say_how_to_fix_them() {
-    check(&probe("{not json", &[]), 2, expect![[r#"error: --args is not valid JSON: {not json: key must be a string at line 1 column 2"#]]);
+    check(
+        &probe("{not json", &[]),
+        2,
+        expect![[
+            r#"error: --args is not valid JSON: {not json: key must be a string at line 1 column 2"#
+        ]],
+    );
     check(
         &probe("{}", &["--timeout", "10 parsecs"]),
         2,
-        expect!["error: invalid value '10 parsecs' for '--timeout <TIMEOUT>': invalid duration unit 'parsecs' in '10 parsecs': use ms, s, m or h"],
+        expect![
+            "error: invalid value '10 parsecs' for '--timeout <TIMEOUT>': invalid duration unit 'parsecs' in '10 parsecs': use ms, s, m or h"
+        ],
     );
-    check(&run(&["run", "missing.wasm"]), 2, expect!["error: cannot read missing.wasm: No such file or directory (os error 2)"]);
+    check(
+        &run(&["run", "missing.wasm"]),
+        2,
+        expect!["error: cannot read missing.wasm: No such file or directory (os error 2)"],
+    );
     check(
         &run(&["run", "workflow.js"]),
         2,
-        expect!["error: workflow.js is not a .wasm component; to run a script, name its runtime component with --runtime (or CORRAL_RUNTIME)"],
+        expect![
+            "error: workflow.js is not a .wasm component; to run a script, name its runtime component with --runtime (or CORRAL_RUNTIME)"
+        ],
     );
     let forbidden = guest_path("forbidden");
     check(
         &run(&["run", forbidden.to_str().unwrap()]),
         2,
-        expect!["error: forbidden.wasm is refused: the component imports `evil:net/sockets@0.1.0`, which Corral does not provide: a workflow may import only corral:workflow/{agents,tools,progress,budget} and the WASI subset (cli, clocks, random, io; filesystem without any directory). Remove that import (no sockets, HTTP or processes) and rebuild"],
+        expect![
+            "error: forbidden.wasm is refused: the component imports `evil:net/sockets@0.1.0`, which Corral does not provide: a workflow may import only corral:workflow/{agents,tools,progress,budget} and the WASI subset (cli, clocks, random, io; filesystem without any directory). Remove that import (no sockets, HTTP or processes) and rebuild"
+        ],
     );
 }
 
@@ -101,6 +145,8 @@ fn a_core_module_is_refused_with_the_fix() {
     check(
         &run(&["run", module.to_str().unwrap()]),
         2,
-        expect!["error: core.wasm is not a valid WebAssembly component: it is a core WebAssembly module, not a component; build it for the wasm32-wasip2 target (or wrap it with `wasm-tools component new`)"],
+        expect![
+            "error: core.wasm is not a valid WebAssembly component: it is a core WebAssembly module, not a component; build it for the wasm32-wasip2 target (or wrap it with `wasm-tools component new`)"
+        ],
     );
 }

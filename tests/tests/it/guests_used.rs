@@ -8,5 +8,8 @@ const USED: &[&str] = &["audit-files", "forbidden", "probe"];
 #[test]
 fn every_guest_is_used() {
     let names: Vec<&str> = guest_names().iter().map(String::as_str).collect();
-    assert_eq!(names, USED, "a guest crate was added or removed: use it in a test and list it here");
+    assert_eq!(
+        names, USED,
+        "a guest crate was added or removed: use it in a test and list it here"
+    );
 }

@@ -13,8 +13,19 @@ async fn an_endless_loop_hits_the_cpu_limit() {
         .limits(|l| l.max_cpu = Duration::from_millis(300))
         .run(&workflow("probe"))
         .await;
-    assert_eq!(report.outcome, Err(RunError::Limit(LimitExceeded::Cpu(Duration::from_millis(300)))));
-    assert!(report.outcome.unwrap_err().to_string().contains("--max-cpu"));
+    assert_eq!(
+        report.outcome,
+        Err(RunError::Limit(LimitExceeded::Cpu(Duration::from_millis(
+            300
+        ))))
+    );
+    assert!(
+        report
+            .outcome
+            .unwrap_err()
+            .to_string()
+            .contains("--max-cpu")
+    );
 }
 
 #[tokio::test]
@@ -36,7 +47,10 @@ async fn time_spent_waiting_for_agents_is_not_cpu_time() {
 
 #[tokio::test]
 async fn a_memory_bomb_hits_the_memory_limit() {
-    let report = Run::new(json!({"mode": "membomb"})).limits(|l| l.max_memory = 32 << 20).run(&workflow("probe")).await;
+    let report = Run::new(json!({"mode": "membomb"}))
+        .limits(|l| l.max_memory = 32 << 20)
+        .run(&workflow("probe"))
+        .await;
     let Err(RunError::Limit(LimitExceeded::Memory { limit, requested })) = report.outcome else {
         panic!("{:?}", report.outcome)
     };
@@ -51,7 +65,12 @@ async fn a_slow_run_hits_the_wall_clock_timeout() {
         .limits(|l| l.timeout = Duration::from_millis(200))
         .run(&workflow("probe"))
         .await;
-    assert_eq!(report.outcome, Err(RunError::Limit(LimitExceeded::Timeout(Duration::from_millis(200)))));
+    assert_eq!(
+        report.outcome,
+        Err(RunError::Limit(LimitExceeded::Timeout(
+            Duration::from_millis(200)
+        )))
+    );
 }
 
 #[tokio::test]
@@ -60,7 +79,10 @@ async fn a_chatty_guest_hits_the_log_limit() {
         .limits(|l| l.max_log_bytes = 10_000)
         .run(&workflow("probe"))
         .await;
-    assert_eq!(report.outcome, Err(RunError::Limit(LimitExceeded::Log(10_000))));
+    assert_eq!(
+        report.outcome,
+        Err(RunError::Limit(LimitExceeded::Log(10_000)))
+    );
 }
 
 #[tokio::test]
@@ -69,13 +91,24 @@ async fn an_oversized_host_batch_hits_the_batch_limit() {
         .limits(|l| l.max_batch = 40)
         .run(&workflow("probe"))
         .await;
-    assert_eq!(report.outcome, Err(RunError::Limit(LimitExceeded::Batch { what: "parallel", size: 50, limit: 40 })));
+    assert_eq!(
+        report.outcome,
+        Err(RunError::Limit(LimitExceeded::Batch {
+            what: "parallel",
+            size: 50,
+            limit: 40
+        }))
+    );
 }
 
 #[tokio::test]
 async fn a_fan_out_over_4096_is_refused_by_the_sdk() {
-    let report = Run::new(json!({"mode": "fanout", "n": 4097})).run(&workflow("probe")).await;
-    let Err(RunError::Workflow(message)) = report.outcome else { panic!("{:?}", report.outcome) };
+    let report = Run::new(json!({"mode": "fanout", "n": 4097}))
+        .run(&workflow("probe"))
+        .await;
+    let Err(RunError::Workflow(message)) = report.outcome else {
+        panic!("{:?}", report.outcome)
+    };
     assert!(message.contains("4096"), "{message}");
     assert_eq!(report.agents.started, 0);
 }
@@ -88,27 +121,60 @@ async fn an_oversized_prompt_is_refused() {
         .await;
     let outcome = result(&report);
     assert_eq!(outcome["error"], "invalid-input");
-    assert!(outcome["message"].as_str().unwrap().contains("--max-prompt-bytes"), "{outcome}");
+    assert!(
+        outcome["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-prompt-bytes"),
+        "{outcome}"
+    );
 }
 
 #[tokio::test]
 async fn a_slow_agent_hits_its_own_timeout() {
-    let report = Run::new(json!({"mode": "agent", "timeout_ms": 50})).provider(sim(5_000)).run(&workflow("probe")).await;
+    let report = Run::new(json!({"mode": "agent", "timeout_ms": 50}))
+        .provider(sim(5_000))
+        .run(&workflow("probe"))
+        .await;
     assert_eq!(result(&report)["error"], "timeout");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaving_runs_end_alone_while_the_process_serves_others() {
     let probe = workflow("probe");
-    let spin = Run::new(json!({"mode": "spin"})).limits(|l| l.max_cpu = Duration::from_millis(500)).run(&probe);
-    let bomb = Run::new(json!({"mode": "membomb"})).limits(|l| l.max_memory = 64 << 20).run(&probe);
+    let spin = Run::new(json!({"mode": "spin"}))
+        .limits(|l| l.max_cpu = Duration::from_millis(500))
+        .run(&probe);
+    let bomb = Run::new(json!({"mode": "membomb"}))
+        .limits(|l| l.max_memory = 64 << 20)
+        .run(&probe);
     let panics = Run::new(json!({"mode": "panic"})).run(&probe);
-    let good = Run::new(json!({"mode": "fanout", "n": 200})).provider(sim(2)).run(&probe);
+    let good = Run::new(json!({"mode": "fanout", "n": 200}))
+        .provider(sim(2))
+        .run(&probe);
     let (spin, bomb, panics, good) = tokio::join!(spin, bomb, panics, good);
-    assert!(matches!(spin.outcome, Err(RunError::Limit(LimitExceeded::Cpu(_)))), "{:?}", spin.outcome);
-    assert!(matches!(bomb.outcome, Err(RunError::Limit(LimitExceeded::Memory { .. }))), "{:?}", bomb.outcome);
-    assert!(matches!(panics.outcome, Err(RunError::Crashed(_))), "{:?}", panics.outcome);
+    assert!(
+        matches!(spin.outcome, Err(RunError::Limit(LimitExceeded::Cpu(_)))),
+        "{:?}",
+        spin.outcome
+    );
+    assert!(
+        matches!(
+            bomb.outcome,
+            Err(RunError::Limit(LimitExceeded::Memory { .. }))
+        ),
+        "{:?}",
+        bomb.outcome
+    );
+    assert!(
+        matches!(panics.outcome, Err(RunError::Crashed(_))),
+        "{:?}",
+        panics.outcome
+    );
     assert_eq!(result(&good)["ok"], 200);
     // And the same runtime keeps working afterwards.
-    assert_eq!(result(&Run::new(json!({"mode": "echo"})).run(&probe).await)["mode"], "echo");
+    assert_eq!(
+        result(&Run::new(json!({"mode": "echo"})).run(&probe).await)["mode"],
+        "echo"
+    );
 }

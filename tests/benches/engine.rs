@@ -1,0 +1,193 @@
+//! The engine benchmark: prints one table, measured side by side in one process (BENCH.md).
+//!
+//! - host overhead per agent call: N calls at 0 ms latency through the whole engine (a wasm
+//!   guest fanning out through the SDK) versus the same N calls through the same scheduler with
+//!   no wasm at all, alternated A B A B; the difference per call is what the sandbox costs;
+//! - slot efficiency: wall time ÷ ideal, ideal = ceil(N / cap) × L' where L' is the latency the
+//!   timer actually delivers, measured in the same run;
+//! - instantiate time of a cached component.
+//!
+//! Run: `cargo bench -p tests --bench engine` (add `-- --quick` for fewer rounds).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use engine::agent_loop::{AgentContext, AgentRequest};
+use engine::budget::BudgetLedger;
+use engine::events::NoEvents;
+use engine::provider::sim::SimProvider;
+use engine::scheduler::AgentScheduler;
+use engine::{RunLimits, RunOptions, Runtime, RuntimeConfig, Workflow};
+use serde_json::json;
+use tests::guests::guest_path;
+
+const CALLS: u64 = 2000;
+const CAP: usize = 16;
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let rounds = if quick { 3 } else { 9 };
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let probe = runtime.load_file(&guest_path("probe")).unwrap();
+
+    // Overhead: A (engine) and B (scheduler only), alternated.
+    let (mut engine_times, mut baseline_times) = (Vec::new(), Vec::new());
+    tokio.block_on(async {
+        // Warm-up of both paths.
+        engine_run(&runtime, &probe, CALLS, Duration::ZERO).await;
+        scheduler_only(CALLS, Duration::ZERO).await;
+        for _ in 0..rounds {
+            engine_times.push(engine_run(&runtime, &probe, CALLS, Duration::ZERO).await);
+            baseline_times.push(scheduler_only(CALLS, Duration::ZERO).await);
+        }
+    });
+    let engine = median(&mut engine_times);
+    let baseline = median(&mut baseline_times);
+    let overhead = engine.saturating_sub(baseline).as_secs_f64() * 1e6 / CALLS as f64;
+
+    // Slot efficiency at L = 50 ms.
+    let latency = Duration::from_millis(50);
+    let n = if quick { 160 } else { 320 };
+    let (mut walls, mut delivered) = (Vec::new(), Vec::new());
+    tokio.block_on(async {
+        for _ in 0..rounds.min(5) {
+            let began = Instant::now();
+            tokio::time::sleep(latency).await;
+            delivered.push(began.elapsed());
+            walls.push(engine_run(&runtime, &probe, n, latency).await);
+        }
+    });
+    let delivered = median(&mut delivered);
+    let wall = median(&mut walls);
+    let ideal = delivered * (n.div_ceil(CAP as u64) as u32);
+    let efficiency = wall.as_secs_f64() / ideal.as_secs_f64();
+
+    // Instantiate from the cache: a fresh runtime loads the compiled component from disk.
+    let fresh = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let began = Instant::now();
+    let cached = fresh.load_file(&guest_path("probe")).unwrap();
+    let load_from_cache = began.elapsed();
+    assert!(cached.compiled_from_cache());
+    let mut instantiations: Vec<Duration> = tokio.block_on(async {
+        let mut all = Vec::new();
+        for _ in 0..if quick { 50 } else { 200 } {
+            let report = fresh
+                .run(&cached, options(json!({"mode": "echo"}), Duration::ZERO))
+                .await;
+            assert!(report.outcome.is_ok());
+            all.push(report.instantiate);
+        }
+        all
+    });
+    let instantiate = median(&mut instantiations);
+
+    println!("corral engine benchmark ({rounds} rounds, medians)");
+    println!("| measure | value | target |");
+    println!("|---|---|---|");
+    println!(
+        "| {CALLS} calls at 0 ms, whole engine (wasm guest) | {:.2} ms | |",
+        ms(engine)
+    );
+    println!(
+        "| {CALLS} calls at 0 ms, scheduler only (no wasm) | {:.2} ms | |",
+        ms(baseline)
+    );
+    println!("| host overhead per agent call | {overhead:.2} µs | ≤ 20 µs |");
+    println!(
+        "| timer-delivered latency L' for 50 ms | {:.2} ms | |",
+        ms(delivered)
+    );
+    println!(
+        "| {n} calls at cap {CAP}, L = 50 ms: wall / ideal | {:.2} ms / {:.2} ms = {efficiency:.3} | ≤ 1.01 |",
+        ms(wall),
+        ms(ideal)
+    );
+    println!(
+        "| load compiled component from disk cache | {:.2} ms | |",
+        ms(load_from_cache)
+    );
+    println!(
+        "| instantiate (cached, pooled) | {:.1} µs | ≤ 25 µs |",
+        instantiate.as_secs_f64() * 1e6
+    );
+}
+
+fn options(args: serde_json::Value, latency: Duration) -> RunOptions {
+    RunOptions {
+        args_json: args.to_string(),
+        root: None,
+        limits: RunLimits {
+            max_agents: 1_000_000,
+            ..RunLimits::default()
+        },
+        provider: Arc::new(SimProvider::new(latency)),
+        events: Arc::new(NoEvents),
+        script: None,
+    }
+}
+
+async fn engine_run(runtime: &Runtime, probe: &Workflow, n: u64, latency: Duration) -> Duration {
+    let began = Instant::now();
+    let report = runtime
+        .run(probe, options(json!({"mode": "fanout", "n": n}), latency))
+        .await;
+    let elapsed = began.elapsed();
+    let result: serde_json::Value =
+        serde_json::from_str(report.outcome.as_ref().expect("the run succeeds")).unwrap();
+    assert_eq!(result["ok"], n);
+    elapsed
+}
+
+async fn scheduler_only(n: u64, latency: Duration) -> Duration {
+    let began = Instant::now();
+    let context = AgentContext {
+        provider: Arc::new(SimProvider::new(latency)),
+        ledger: BudgetLedger::new(None),
+        tools: None,
+    };
+    let mut scheduler = AgentScheduler::new(context, CAP, 1_000_000, Arc::new(NoEvents));
+    let mut ids: Vec<u64> = (0..n)
+        .map(|i| {
+            let request = AgentRequest {
+                prompt: format!("probe fan-out call {i}"),
+                label: None,
+                phase: None,
+                model: None,
+                effort: None,
+                schema: None,
+                tools: None,
+                max_tokens: RunLimits::default().max_output_tokens,
+                max_turns: 24,
+                timeout: None,
+            };
+            scheduler.start(request).unwrap()
+        })
+        .collect();
+    while !ids.is_empty() {
+        let done = scheduler.wait(&ids).await;
+        ids.retain(|id| !done.iter().any(|(d, _)| d == id));
+    }
+    began.elapsed()
+}
+
+fn median(values: &mut [Duration]) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
