@@ -161,12 +161,15 @@ async fn execute(
     store: &mut Store<RunState>,
     args_json: String,
     script: Option<Script>,
+    instantiate: &mut Duration,
 ) -> Result<String, RunError> {
+    let began = Instant::now();
     let instance: Instance = workflow
         .instance_pre
         .instantiate_async(&mut *store)
         .await
         .map_err(classify)?;
+    *instantiate = began.elapsed();
     let bindings = Bindings::new(&mut *store, &instance)
         .map_err(|error| RunError::Host(format!("{error:#}")))?;
     match (&workflow.script_load, script) {
