@@ -2,17 +2,30 @@
 //! and, when a schema is given, must finish by calling a submit tool whose input validates.
 //!
 //! Every provider request is reserved against the budget before it is sent (see
-//! [`crate::budget`]), so an agent can never overshoot the run's budget either.
+//! [`crate::budget`]), so an agent can never overshoot the run's budget either. Every attempt is
+//! reserved and settled on its own: retries of transient failures (with backoff and jitter,
+//! honouring a capped `retry-after`, see [`RetryPolicy`]) pay for what each attempt cost.
+//!
+//! With a provider that keeps a prompt cache, siblings sharing a prompt prefix take turns through
+//! [`SharedPrefixes`], so that one writes the cache and the others read it.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::budget::BudgetLedger;
-use crate::provider::{Block, ChatRequest, Effort, Message, Provider, ProviderError, Role, StopReason, ToolSpec, Usage};
+use crate::provider::{
+    Block, CacheHints, ChatRequest, ChatResponse, Effort, Message, Provider, ProviderError,
+    RetryPolicy, Role, Spent, StopReason, ToolSpec, Usage,
+};
 use crate::schema::OutputSchema;
 use crate::tools::{GrepOptions, ToolError, ToolRoot};
+
+mod shared_prefix;
+
+pub use shared_prefix::{CacheTurn, MIN_SHARED_PREFIX_BYTES, SharedPrefixes, WriterTurn};
 
 /// Name of the tool a schema'd agent calls to hand in its answer.
 pub const SUBMIT_TOOL: &str = "submit";
@@ -22,8 +35,10 @@ pub const AGENT_TOOLS: [&str; 4] = ["read", "glob", "grep", "git"];
 pub const MAX_SCHEMA_ATTEMPTS: u32 = 5;
 /// Default conversation turns of one agent.
 pub const DEFAULT_MAX_TURNS: u32 = 24;
-/// How often a transient provider failure is retried.
-pub const MAX_PROVIDER_RETRIES: u32 = 3;
+/// Siblings coordinate their first requests only when what they share (system prompt, tools and
+/// a shared prompt prefix) is at least this long: about 1024 tokens, the smallest prefix the
+/// providers cache. Below it, waiting for a writer would only add latency.
+pub const MIN_CACHEABLE_BYTES: u64 = 4096;
 
 const PREAMBLE: &str = "You are a sub-agent running non-interactively inside an automated workflow. \
 Nobody will answer questions or read intermediate remarks: do the task with the tools you have, \
@@ -125,7 +140,10 @@ pub struct AgentContext {
 
 /// Checks a tool allow-list against what agents can be granted.
 pub fn check_tool_grant(tools: &[String]) -> Result<(), AgentError> {
-    match tools.iter().find(|tool| !AGENT_TOOLS.contains(&tool.as_str())) {
+    match tools
+        .iter()
+        .find(|tool| !AGENT_TOOLS.contains(&tool.as_str()))
+    {
         Some(unknown) => Err(AgentError::Denied(format!(
             "unknown agent tool '{unknown}': agents may use {}",
             AGENT_TOOLS.join(", ")
@@ -134,9 +152,23 @@ pub fn check_tool_grant(tools: &[String]) -> Result<(), AgentError> {
     }
 }
 
-/// Runs one agent call to completion.
-pub async fn run_agent(context: &AgentContext, request: &AgentRequest) -> Result<AgentOutput, AgentError> {
-    let work = converse(context, request);
+/// Runs one agent call to completion, on its own (it shares no prefix turns with siblings).
+pub async fn run_agent(
+    context: &AgentContext,
+    request: &AgentRequest,
+) -> Result<AgentOutput, AgentError> {
+    run_agent_sharing(context, request, &Arc::new(SharedPrefixes::default())).await
+}
+
+/// Runs one agent call to completion, taking turns with its siblings in `prefixes` (see
+/// [`SharedPrefixes`]); the request should have been registered there with
+/// [`SharedPrefixes::register_request`] when it was started.
+pub async fn run_agent_sharing(
+    context: &AgentContext,
+    request: &AgentRequest,
+    prefixes: &Arc<SharedPrefixes>,
+) -> Result<AgentOutput, AgentError> {
+    let work = converse(context, request, prefixes);
     match request.timeout {
         Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
             Err(AgentError::Timeout(format!(
@@ -148,31 +180,93 @@ pub async fn run_agent(context: &AgentContext, request: &AgentRequest) -> Result
     }
 }
 
-async fn converse(context: &AgentContext, request: &AgentRequest) -> Result<AgentOutput, AgentError> {
+/// The group of siblings `request` belongs to: agents of a run with the same model, system
+/// prompt and tools, whose requests can share a cached prefix.
+pub fn prefix_group(context: &AgentContext, request: &AgentRequest) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    request.model.hash(&mut hasher);
+    system_prompt(request).hash(&mut hasher);
+    for tool in tool_specs(context, request) {
+        tool.name.hash(&mut hasher);
+        tool.description.hash(&mut hasher);
+        tool.input_schema.to_string().hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+impl SharedPrefixes {
+    /// Records a started agent call, if its provider keeps a prompt cache.
+    pub fn register_request(&self, context: &AgentContext, request: &AgentRequest) {
+        if context.provider.prompt_cache() {
+            self.register(prefix_group(context, request), &request.prompt);
+        }
+    }
+}
+
+async fn converse(
+    context: &AgentContext,
+    request: &AgentRequest,
+    prefixes: &Arc<SharedPrefixes>,
+) -> Result<AgentOutput, AgentError> {
     let model = context.provider.resolve_model(request.model.as_deref());
     let tools = tool_specs(context, request);
-    let mut messages = vec![Message::user_text(request.prompt.clone())];
+    let system = system_prompt(request);
+    let caching = context.provider.prompt_cache();
+    let group = prefix_group(context, request);
+    let shared = if caching {
+        prefixes.shared_len(group, &request.prompt)
+    } else {
+        0
+    };
+    // A shared prefix goes in a block of its own, so that the provider can mark where it ends.
+    let first = if shared > 0 {
+        vec![
+            Block::Text(request.prompt[..shared].to_string()),
+            Block::Text(request.prompt[shared..].to_string()),
+        ]
+    } else {
+        vec![Block::Text(request.prompt.clone())]
+    };
+    let mut messages = vec![Message {
+        role: Role::User,
+        content: first,
+    }];
+    // Force the submit tool when it is the only tool: the answer can be nothing else.
+    let force_tool =
+        (request.schema.is_some() && tools.len() == 1).then(|| SUBMIT_TOOL.to_string());
     let mut usage = Usage::default();
     let mut schema_attempts = 0;
     let mut last_schema_error = String::new();
 
-    for _turn in 0..request.max_turns {
+    for turn in 0..request.max_turns {
         let chat = ChatRequest {
             model: model.clone(),
-            system: system_prompt(request),
+            system: system.clone(),
             messages: messages.clone(),
             tools: tools.clone(),
-            force_tool: None,
+            force_tool: force_tool.clone(),
             max_tokens: request.max_tokens,
             effort: request.effort,
+            cache: CacheHints {
+                system: caching,
+                shared_prefix: shared > 0,
+                conversation: caching && turn > 0,
+            },
         };
-        let response = send(context, &chat, &mut usage).await?;
+        let response = if turn == 0 && caching {
+            let prefix = &request.prompt[..shared];
+            send_first(context, &chat, &mut usage, prefixes, group, prefix).await?
+        } else {
+            send(context, &chat, &mut usage).await?
+        };
         let answered_model = response.model.clone();
         let tool_uses: Vec<(String, String, Value)> = response
             .content
             .iter()
             .filter_map(|block| match block {
-                Block::ToolUse { id, name, input } => Some((id.clone(), name.clone(), input.clone())),
+                Block::ToolUse { id, name, input } => {
+                    Some((id.clone(), name.clone(), input.clone()))
+                }
                 _ => None,
             })
             .collect();
@@ -185,11 +279,19 @@ async fn converse(context: &AgentContext, request: &AgentRequest) -> Result<Agen
             })
             .collect::<Vec<_>>()
             .join("");
-        messages.push(Message { role: Role::Assistant, content: response.content });
+        messages.push(Message {
+            role: Role::Assistant,
+            content: response.content,
+        });
 
         if tool_uses.is_empty() {
             let Some(schema) = &request.schema else {
-                return Ok(AgentOutput { text, json: None, usage, model: answered_model });
+                return Ok(AgentOutput {
+                    text,
+                    json: None,
+                    usage,
+                    model: answered_model,
+                });
             };
             // The model answered in prose: accept it if it is a valid instance, otherwise ask again.
             let verdict = serde_json::from_str::<Value>(text.trim())
@@ -204,7 +306,7 @@ async fn converse(context: &AgentContext, request: &AgentRequest) -> Result<Agen
                         break;
                     }
                     messages.push(Message::user_text(format!(
-                        "Call the `{SUBMIT_TOOL}` tool with your answer; its input must match the schema. Problem: {last_schema_error}"
+                        "Your answer must be JSON that matches the schema: call the `{SUBMIT_TOOL}` tool with it (or, without such a tool, reply with the JSON only). Problem: {last_schema_error}"
                     )));
                     continue;
                 }
@@ -212,7 +314,12 @@ async fn converse(context: &AgentContext, request: &AgentRequest) -> Result<Agen
         }
 
         if response.stop == StopReason::MaxTokens && request.schema.is_none() && !text.is_empty() {
-            return Ok(AgentOutput { text, json: None, usage, model: answered_model });
+            return Ok(AgentOutput {
+                text,
+                json: None,
+                usage,
+                model: answered_model,
+            });
         }
 
         let mut results = Vec::with_capacity(tool_uses.len());
@@ -238,12 +345,19 @@ async fn converse(context: &AgentContext, request: &AgentRequest) -> Result<Agen
                 Ok(output) => (output, false),
                 Err(error) => (error, true),
             };
-            results.push(Block::ToolResult { id, content, is_error });
+            results.push(Block::ToolResult {
+                id,
+                content,
+                is_error,
+            });
         }
         if schema_attempts >= MAX_SCHEMA_ATTEMPTS {
             break;
         }
-        messages.push(Message { role: Role::User, content: results });
+        messages.push(Message {
+            role: Role::User,
+            content: results,
+        });
     }
 
     if schema_attempts >= MAX_SCHEMA_ATTEMPTS {
@@ -258,38 +372,133 @@ async fn converse(context: &AgentContext, request: &AgentRequest) -> Result<Agen
 }
 
 fn schema_output(value: Value, usage: Usage, model: String) -> AgentOutput {
-    AgentOutput { text: value.to_string(), json: Some(value), usage, model }
+    AgentOutput {
+        text: value.to_string(),
+        json: Some(value),
+        usage,
+        model,
+    }
 }
 
-/// Sends one request: reserve its worst case, send, settle; retry transient failures.
+/// Sends the first request of an agent whose provider keeps a prompt cache: when what it shares
+/// with its siblings is long enough to be cached, it waits for its turn, so that one sibling
+/// writes the shared prefix and the others read it.
+async fn send_first(
+    context: &AgentContext,
+    chat: &ChatRequest,
+    usage: &mut Usage,
+    prefixes: &Arc<SharedPrefixes>,
+    group: u64,
+    prefix: &str,
+) -> Result<ChatResponse, AgentError> {
+    let tools_bytes: u64 = chat
+        .tools
+        .iter()
+        .map(|tool| {
+            (tool.name.len() + tool.description.len()) as u64 + json_bytes(&tool.input_schema)
+        })
+        .sum();
+    let shared_bytes = chat.system.len() as u64 + tools_bytes + prefix.len() as u64;
+    if shared_bytes < MIN_CACHEABLE_BYTES {
+        return send(context, chat, usage).await;
+    }
+    let max_wait = context.provider.retry_policy().request_timeout;
+    match prefixes.take_turn(group, prefix, max_wait).await {
+        CacheTurn::Writer(turn) => {
+            let response = send(context, chat, usage).await?;
+            turn.written();
+            Ok(response)
+        }
+        CacheTurn::Reader => send(context, chat, usage).await,
+    }
+}
+
+fn json_bytes(value: &Value) -> u64 {
+    serde_json::to_vec(value).map_or(0, |bytes| bytes.len() as u64)
+}
+
+/// Sends one request: for every attempt, reserve its worst case, send, settle what it cost;
+/// retry transient failures with backoff (see [`RetryPolicy`]); give up on an attempt that takes
+/// longer than the policy's request timeout.
 async fn send(
     context: &AgentContext,
     chat: &ChatRequest,
     usage: &mut Usage,
-) -> Result<crate::provider::ChatResponse, AgentError> {
+) -> Result<ChatResponse, AgentError> {
+    let policy: RetryPolicy = context.provider.retry_policy();
     let worst_case = chat.input_bytes() + u64::from(chat.max_tokens);
-    let mut attempt = 0;
+    let mut retry = 0;
     loop {
-        let reservation =
-            context.ledger.reserve(worst_case).map_err(|refusal| AgentError::BudgetExhausted(refusal.to_string()))?;
-        match context.provider.complete(chat).await {
+        let reservation = context
+            .ledger
+            .reserve(worst_case)
+            .map_err(|refusal| AgentError::BudgetExhausted(refusal.to_string()))?;
+        let (outcome, timed_out) =
+            match tokio::time::timeout(policy.request_timeout, context.provider.complete(chat))
+                .await
+            {
+                Ok(outcome) => (outcome, false),
+                Err(_) => {
+                    let error = ProviderError::Transient {
+                        provider: context.provider.name().to_string(),
+                        message: format!(
+                            "no answer within the request timeout of {}",
+                            seconds(policy.request_timeout)
+                        ),
+                        retry_after: None,
+                        spent: Spent::Unknown,
+                    };
+                    (Err(error), true)
+                }
+            };
+        let error = match outcome {
             Ok(response) => {
                 reservation.settle(response.usage.total());
                 usage.add(&response.usage);
                 return Ok(response);
             }
-            Err(ProviderError::Transient { .. }) if attempt < MAX_PROVIDER_RETRIES => {
-                // A failed request is not billed by the providers we speak to.
-                reservation.release();
-                attempt += 1;
-                let backoff = Duration::from_millis(200 * (1 << attempt));
-                tokio::time::sleep(backoff).await;
+            Err(error) => error,
+        };
+        match error.spent() {
+            // Refused requests are not billed by the providers we speak to.
+            Spent::Nothing => reservation.release(),
+            // The provider may have billed it without saying how much: keep the worst case charged.
+            Spent::Unknown => {
+                let amount = reservation.amount();
+                reservation.settle(amount);
             }
-            Err(error) => {
-                reservation.release();
-                return Err(AgentError::Provider(error.to_string()));
+            Spent::Tokens(spent) => {
+                reservation.settle(spent.total());
+                usage.add(&spent);
             }
         }
+        let attempts = retry + 1;
+        match error {
+            ProviderError::Transient { retry_after, .. } if retry < policy.max_retries => {
+                retry += 1;
+                tokio::time::sleep(policy.delay(retry, retry_after)).await;
+            }
+            ProviderError::Transient { message, .. } if timed_out => {
+                return Err(AgentError::Timeout(format!(
+                    "{}: {message}, {attempts} attempts (raise timeout in corral.toml)",
+                    context.provider.name()
+                )));
+            }
+            ProviderError::Transient { .. } => {
+                return Err(AgentError::Provider(format!(
+                    "{error}; gave up after {attempts} attempts"
+                )));
+            }
+            ProviderError::Fatal { .. } => return Err(AgentError::Provider(error.to_string())),
+        }
+    }
+}
+
+fn seconds(duration: Duration) -> String {
+    if duration.subsec_millis() == 0 {
+        format!("{}s", duration.as_secs())
+    } else {
+        format!("{}ms", duration.as_millis())
     }
 }
 
@@ -303,9 +512,12 @@ fn system_prompt(request: &AgentRequest) -> String {
 }
 
 fn granted<'a>(request: &'a AgentRequest) -> impl Iterator<Item = &'static str> + 'a {
-    AGENT_TOOLS
-        .into_iter()
-        .filter(move |tool| request.tools.as_ref().is_none_or(|allowed| allowed.iter().any(|a| a == tool)))
+    AGENT_TOOLS.into_iter().filter(move |tool| {
+        request
+            .tools
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|a| a == tool))
+    })
 }
 
 fn tool_specs(context: &AgentContext, request: &AgentRequest) -> Vec<ToolSpec> {
@@ -351,51 +563,89 @@ fn tool_spec(name: &str) -> ToolSpec {
             }, "required": ["command"]}),
         ),
     };
-    ToolSpec { name: name.to_string(), description: description.to_string(), input_schema }
+    ToolSpec {
+        name: name.to_string(),
+        description: description.to_string(),
+        input_schema,
+    }
 }
 
-async fn run_tool(context: &AgentContext, request: &AgentRequest, name: &str, input: &Value) -> Result<String, String> {
+async fn run_tool(
+    context: &AgentContext,
+    request: &AgentRequest,
+    name: &str,
+    input: &Value,
+) -> Result<String, String> {
     if !granted(request).any(|tool| tool == name) {
         return Err(format!("tool '{name}' is not available to this agent"));
     }
     let Some(root) = context.tools.clone() else {
-        return Err("this run has no root directory, so there are no files to use tools on".to_string());
+        return Err(
+            "this run has no root directory, so there are no files to use tools on".to_string(),
+        );
     };
     let name = name.to_string();
     let input = input.clone();
-    tokio::task::spawn_blocking(move || call_tool(&root, &name, &input).map_err(|error| error.to_string()))
-        .await
-        .map_err(|error| format!("tool failed: {error}"))?
+    tokio::task::spawn_blocking(move || {
+        call_tool(&root, &name, &input).map_err(|error| error.to_string())
+    })
+    .await
+    .map_err(|error| format!("tool failed: {error}"))?
 }
 
 fn call_tool(root: &ToolRoot, name: &str, input: &Value) -> Result<String, ToolError> {
     let text = |key: &str| input.get(key).and_then(Value::as_str);
-    let required = |key: &str| text(key).ok_or_else(|| ToolError::InvalidInput(format!("missing string field '{key}'")));
+    let required = |key: &str| {
+        text(key).ok_or_else(|| ToolError::InvalidInput(format!("missing string field '{key}'")))
+    };
     match name {
         "read" => root.read(required("path")?),
         "glob" => Ok(root.glob(required("pattern")?)?.join("\n")),
         "grep" => {
             let options = GrepOptions {
                 glob: text("glob").map(str::to_string),
-                ignore_case: input.get("ignore_case").and_then(Value::as_bool).unwrap_or(false),
-                max_matches: input.get("max_matches").and_then(Value::as_u64).map(|n| n.min(u64::from(u32::MAX)) as u32),
+                ignore_case: input
+                    .get("ignore_case")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+                max_matches: input
+                    .get("max_matches")
+                    .and_then(Value::as_u64)
+                    .map(|n| n.min(u64::from(u32::MAX)) as u32),
             };
             let matches = root.grep(required("pattern")?, &options)?;
-            Ok(matches.iter().map(|m| format!("{}:{}:{}", m.path, m.line, m.text)).collect::<Vec<_>>().join("\n"))
+            Ok(matches
+                .iter()
+                .map(|m| format!("{}:{}:{}", m.path, m.line, m.text))
+                .collect::<Vec<_>>()
+                .join("\n"))
         }
         "git" => match required("command")? {
             "log" => {
-                let max = input.get("max").and_then(Value::as_u64).map(|n| n.min(u64::from(u32::MAX)) as u32);
+                let max = input
+                    .get("max")
+                    .and_then(Value::as_u64)
+                    .map(|n| n.min(u64::from(u32::MAX)) as u32);
                 let commits = root.git_log(text("path"), max)?;
-                Ok(commits.iter().map(|c| format!("{} {} {}", &c.id[..c.id.len().min(12)], c.author, c.summary)).collect::<Vec<_>>().join("\n"))
+                Ok(commits
+                    .iter()
+                    .map(|c| format!("{} {} {}", &c.id[..c.id.len().min(12)], c.author, c.summary))
+                    .collect::<Vec<_>>()
+                    .join("\n"))
             }
             "show" => root.git_show(text("rev").unwrap_or("HEAD"), text("path")),
             "diff" => root.git_diff(text("range")),
             "status" => {
                 let entries = root.git_status()?;
-                Ok(entries.iter().map(|e| format!("{} {}", e.status, e.path)).collect::<Vec<_>>().join("\n"))
+                Ok(entries
+                    .iter()
+                    .map(|e| format!("{} {}", e.status, e.path))
+                    .collect::<Vec<_>>()
+                    .join("\n"))
             }
-            other => Err(ToolError::InvalidInput(format!("unknown git command '{other}': use log, show, diff or status"))),
+            other => Err(ToolError::InvalidInput(format!(
+                "unknown git command '{other}': use log, show, diff or status"
+            ))),
         },
         other => Err(ToolError::InvalidInput(format!("unknown tool '{other}'"))),
     }

@@ -6,12 +6,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 
+use engine::config::{CorralConfig, ProviderKind};
 use engine::events::{EventSink, RunEvent};
 use engine::limits::{MAX_MEMORY_CEILING, parse_duration, parse_size};
 use engine::provider::Provider;
+use engine::provider::anthropic::AnthropicProvider;
+use engine::provider::openai::OpenAiProvider;
 use engine::provider::sim::SimProvider;
 use engine::tools::ToolRoot;
 use engine::{RunError, RunLimits, RunOptions, Runtime, RuntimeConfig, Script};
@@ -26,7 +29,11 @@ pub const EXIT_LIMIT: u8 = 3;
 pub const EXIT_HOST: u8 = 4;
 
 #[derive(Parser)]
-#[command(name = "corral", version, about = "Run LLM agent workflows inside a WebAssembly sandbox")]
+#[command(
+    name = "corral",
+    version,
+    about = "Run LLM agent workflows inside a WebAssembly sandbox"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -48,9 +55,16 @@ struct RunArgs {
     /// The run's arguments, as JSON.
     #[arg(long)]
     args: Option<String>,
-    /// Who answers agent calls: `sim` (simulated, offline; the default).
-    #[arg(long, default_value = "sim")]
-    provider: String,
+    /// Who answers agent calls: `sim` (simulated, offline), `anthropic`, `openai`, or a provider
+    /// named in corral.toml (default: corral.toml's default_provider, else `sim`).
+    #[arg(long)]
+    provider: Option<String>,
+    /// Default model of agent calls that name none: an alias (haiku, sonnet, opus) or a model id.
+    #[arg(long)]
+    model: Option<String>,
+    /// Provider configuration (default: ./corral.toml if it exists).
+    #[arg(long, env = "CORRAL_CONFIG")]
+    config: Option<PathBuf>,
     /// Latency of each simulated provider request, e.g. 50ms.
     #[arg(long, value_parser = parse_duration)]
     sim_latency: Option<Duration>,
@@ -117,7 +131,11 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Err(error) => {
             // clap prints help/version to stdout with success, usage errors to stderr.
             let _ = error.print();
-            return Ok(ExitCode::from(if error.use_stderr() { EXIT_USAGE } else { 0 }));
+            return Ok(ExitCode::from(if error.use_stderr() {
+                EXIT_USAGE
+            } else {
+                0
+            }));
         }
     };
     match cli.command {
@@ -136,22 +154,52 @@ fn run_workflow(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => "null".to_string(),
     };
     let root = match &args.root {
-        Some(dir) => Some(ToolRoot::open(dir, limits.tools.clone()).with_context(|| format!("cannot use --root {}", dir.display()))?),
+        Some(dir) => Some(
+            ToolRoot::open(dir, limits.tools.clone())
+                .with_context(|| format!("cannot use --root {}", dir.display()))?,
+        ),
         None => None,
     };
     let provider = provider(&args)?;
 
     let (component_path, script) = workflow_files(&args)?;
-    let cache_dir = if args.no_cache { None } else { args.cache_dir.clone().or_else(engine::runtime::default_cache_dir) };
-    let runtime = Runtime::new(RuntimeConfig { cache_dir, ..RuntimeConfig::default() })?;
+    let cache_dir = if args.no_cache {
+        None
+    } else {
+        args.cache_dir
+            .clone()
+            .or_else(engine::runtime::default_cache_dir)
+    };
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir,
+        ..RuntimeConfig::default()
+    })?;
     let workflow = runtime.load_file(&component_path)?;
-    let events: Arc<dyn EventSink> = Arc::new(StderrEvents { quiet: args.quiet, color: std::io::stderr().is_terminal() });
+    let events: Arc<dyn EventSink> = Arc::new(StderrEvents {
+        quiet: args.quiet,
+        color: std::io::stderr().is_terminal(),
+    });
 
-    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
-    let report = tokio.block_on(runtime.run(&workflow, RunOptions { args_json, root, limits, provider, events, script }));
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = tokio.block_on(runtime.run(
+        &workflow,
+        RunOptions {
+            args_json,
+            root,
+            limits,
+            provider,
+            events,
+            script,
+        },
+    ));
 
     let agents = &report.agents;
-    let budget = report.budget_tokens.map_or(String::new(), |total| format!(" of a {total}-token budget"));
+    let budget = report
+        .budget_tokens
+        .map_or(String::new(), |total| format!(" of a {total}-token budget"));
     eprintln!(
         "corral: {} agents ({} ok, {} failed, {} refused), {} tokens{budget}, {:.2}s wall, {:.3}s guest cpu",
         agents.started,
@@ -181,13 +229,40 @@ fn run_workflow(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// The provider that answers this run's agent calls.
 fn provider(args: &RunArgs) -> anyhow::Result<Arc<dyn Provider>> {
-    match args.provider.as_str() {
-        "sim" => {
-            eprintln!("corral: using the simulated provider (offline, deterministic; no tokens are bought)");
-            Ok(Arc::new(SimProvider::new(args.sim_latency.unwrap_or_default())))
+    let config = CorralConfig::discover(args.config.as_deref())?;
+    let name = args
+        .provider
+        .as_deref()
+        .unwrap_or_else(|| config.default_provider());
+    let env = |variable: &str| std::env::var(variable).ok();
+    let settings = config.provider_settings(name, args.model.as_deref(), &env)?;
+    let provider: Arc<dyn Provider> = match settings.kind {
+        ProviderKind::Sim => {
+            eprintln!(
+                "corral: using the simulated provider (offline, deterministic; no tokens are bought)"
+            );
+            if args.model.is_some() {
+                eprintln!("corral: warning: --model is ignored by the simulated provider");
+            }
+            return Ok(Arc::new(SimProvider::new(
+                args.sim_latency.unwrap_or_default(),
+            )));
         }
-        other => bail!("unknown provider '{other}': the available provider is `sim`"),
-    }
+        ProviderKind::Anthropic => Arc::new(
+            AnthropicProvider::new(settings.clone())
+                .map_err(|error| anyhow!("provider '{name}': {error}"))?,
+        ),
+        ProviderKind::OpenAi => Arc::new(
+            OpenAiProvider::new(settings.clone())
+                .map_err(|error| anyhow!("provider '{name}': {error}"))?,
+        ),
+    };
+    eprintln!(
+        "corral: using provider {name} at {} (default model {})",
+        settings.base_url,
+        settings.resolve_model(None)
+    );
+    Ok(provider)
 }
 
 fn limits(args: &RunArgs) -> anyhow::Result<RunLimits> {
@@ -195,7 +270,10 @@ fn limits(args: &RunArgs) -> anyhow::Result<RunLimits> {
         bail!("--max-concurrent must be at least 1");
     }
     if args.max_memory > MAX_MEMORY_CEILING {
-        bail!("--max-memory {} is over the ceiling of {MAX_MEMORY_CEILING} bytes", args.max_memory);
+        bail!(
+            "--max-memory {} is over the ceiling of {MAX_MEMORY_CEILING} bytes",
+            args.max_memory
+        );
     }
     Ok(RunLimits {
         max_concurrent: args.max_concurrent,
@@ -229,12 +307,22 @@ fn workflow_files(args: &RunArgs) -> anyhow::Result<(PathBuf, Option<Script>)> {
             path.display()
         );
     };
-    let source = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok((runtime.clone(), Some(Script { name: file_name(path), source })))
+    let source =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok((
+        runtime.clone(),
+        Some(Script {
+            name: file_name(path),
+            source,
+        }),
+    ))
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map_or_else(|| path.display().to_string(), |name| name.to_string_lossy().into_owned())
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |name| name.to_string_lossy().into_owned(),
+    )
 }
 
 /// Progress lines on stderr.
@@ -252,7 +340,11 @@ impl EventSink for StderrEvents {
             RunEvent::Phase { title } if self.color => format!("\x1b[1m== {title}\x1b[0m"),
             RunEvent::Phase { title } => format!("== {title}"),
             RunEvent::Log { message } => format!("   {message}"),
-            RunEvent::AgentFinished { id, error: Some(kind), .. } => format!("   agent #{id} failed: {kind}"),
+            RunEvent::AgentFinished {
+                id,
+                error: Some(kind),
+                ..
+            } => format!("   agent #{id} failed: {kind}"),
             _ => return,
         };
         eprintln!("{line}");

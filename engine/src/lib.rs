@@ -6,8 +6,10 @@
 
 pub mod agent_loop;
 pub mod budget;
+pub mod config;
 pub mod events;
 mod host;
+pub mod journal;
 pub mod limits;
 pub mod provider;
 pub mod run;

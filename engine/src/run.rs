@@ -133,7 +133,13 @@ impl Runtime {
         });
 
         let mut instantiate = Duration::ZERO;
-        let execution = execute(workflow, &mut store, options.args_json, options.script, &mut instantiate);
+        let execution = execute(
+            workflow,
+            &mut store,
+            options.args_json,
+            options.script,
+            &mut instantiate,
+        );
         let outcome = match tokio::time::timeout(limits.timeout, execution).await {
             Ok(outcome) => outcome,
             Err(_) => Err(RunError::Limit(LimitExceeded::Timeout(limits.timeout))),

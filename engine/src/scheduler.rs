@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
 
-use crate::agent_loop::{AgentContext, AgentError, AgentOutput, AgentRequest, run_agent};
+use crate::agent_loop::{
+    AgentContext, AgentError, AgentOutput, AgentRequest, SharedPrefixes, run_agent_sharing,
+};
 use crate::events::{EventSink, RunEvent};
 use crate::provider::Usage;
 
@@ -31,6 +33,8 @@ pub struct AgentStats {
     pub refused: u64,
     /// Tokens used by all calls.
     pub usage: Usage,
+    /// Tokens used by the calls of each phase (calls without a phase under "").
+    pub usage_by_phase: std::collections::BTreeMap<String, Usage>,
     /// The most calls that held a concurrency slot at once.
     pub peak_in_flight: usize,
 }
@@ -55,11 +59,18 @@ pub struct AgentScheduler {
     stats: Arc<Mutex<AgentStats>>,
     in_flight: Arc<AtomicUsize>,
     events: Arc<dyn EventSink>,
+    /// Sibling calls sharing a prompt prefix take turns writing the provider's prompt cache.
+    prefixes: Arc<SharedPrefixes>,
 }
 
 impl AgentScheduler {
     /// A scheduler allowing `max_concurrent` calls at once and `max_agents` per run.
-    pub fn new(context: AgentContext, max_concurrent: usize, max_agents: u64, events: Arc<dyn EventSink>) -> Self {
+    pub fn new(
+        context: AgentContext,
+        max_concurrent: usize,
+        max_agents: u64,
+        events: Arc<dyn EventSink>,
+    ) -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
         AgentScheduler {
             context,
@@ -73,6 +84,7 @@ impl AgentScheduler {
             stats: Arc::new(Mutex::new(AgentStats::default())),
             in_flight: Arc::new(AtomicUsize::new(0)),
             events,
+            prefixes: Arc::new(SharedPrefixes::default()),
         }
     }
 
@@ -99,8 +111,14 @@ impl AgentScheduler {
         self.lock_stats().started += 1;
         let id = self.next_id;
         self.next_id += 1;
-        self.events.event(&RunEvent::AgentQueued { id, label: request.label.clone(), phase: request.phase.clone() });
+        self.events.event(&RunEvent::AgentQueued {
+            id,
+            label: request.label.clone(),
+            phase: request.phase.clone(),
+        });
 
+        self.prefixes.register_request(&self.context, &request);
+        let prefixes = Arc::clone(&self.prefixes);
         let context = self.context.clone();
         let slots = Arc::clone(&self.slots);
         let sender = self.sender.clone();
@@ -109,7 +127,9 @@ impl AgentScheduler {
         let events = Arc::clone(&self.events);
         let task = tokio::spawn(async move {
             // The semaphore is never closed, so acquiring only waits for a slot (FIFO).
-            let Ok(_slot) = slots.acquire_owned().await else { return };
+            let Ok(_slot) = slots.acquire_owned().await else {
+                return;
+            };
             let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             let _in_flight = Decrement(in_flight);
             {
@@ -117,17 +137,26 @@ impl AgentScheduler {
                 stats.peak_in_flight = stats.peak_in_flight.max(now);
             }
             events.event(&RunEvent::AgentStarted { id });
-            let outcome = run_agent(&context, &request).await;
-            let usage = outcome.as_ref().map(|output| output.usage).unwrap_or_default();
+            let outcome = run_agent_sharing(&context, &request, &prefixes).await;
+            let usage = outcome
+                .as_ref()
+                .map(|output| output.usage)
+                .unwrap_or_default();
             {
                 let mut stats = stats.lock().unwrap_or_else(|p| p.into_inner());
                 stats.usage.add(&usage);
+                let phase = request.phase.clone().unwrap_or_default();
+                stats.usage_by_phase.entry(phase).or_default().add(&usage);
                 match &outcome {
                     Ok(_) => stats.succeeded += 1,
                     Err(error) => *stats.failed.entry(error.kind()).or_default() += 1,
                 }
             }
-            events.event(&RunEvent::AgentFinished { id, error: outcome.as_ref().err().map(|e| e.kind().to_string()), usage });
+            events.event(&RunEvent::AgentFinished {
+                id,
+                error: outcome.as_ref().err().map(|e| e.kind().to_string()),
+                usage,
+            });
             // The receiver lives as long as the run; if the run is gone nobody needs this outcome.
             let _ = sender.send((id, outcome));
         });
@@ -147,7 +176,9 @@ impl AgentScheduler {
             for &id in ids {
                 if let Some(outcome) = self.finished.remove(&id) {
                     done.push((id, outcome));
-                } else if !self.running.contains_key(&id) && !done.iter().any(|(seen, _)| *seen == id) {
+                } else if !self.running.contains_key(&id)
+                    && !done.iter().any(|(seen, _)| *seen == id)
+                {
                     done.push((
                         id,
                         Err(AgentError::InvalidInput(format!(
@@ -174,7 +205,12 @@ impl AgentScheduler {
         if let Some(task) = self.running.remove(&id) {
             task.abort();
             *self.lock_stats().failed.entry("cancelled").or_default() += 1;
-            self.finished.insert(id, Err(AgentError::Cancelled("the agent call was cancelled by the workflow".to_string())));
+            self.finished.insert(
+                id,
+                Err(AgentError::Cancelled(
+                    "the agent call was cancelled by the workflow".to_string(),
+                )),
+            );
         }
     }
 

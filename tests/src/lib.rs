@@ -1,5 +1,6 @@
 //! Support for Corral's integration tests: building guest components once per test process,
 //! fixtures, and the fake LLM servers.
 
+pub mod fake_llm;
 pub mod guests;
 pub mod support;

@@ -7,15 +7,45 @@ use super::*;
 use crate::provider::sim::SimProvider;
 use crate::provider::{BoxFuture, ChatResponse};
 
-/// A provider that plays back scripted answers and records what it was asked.
+/// A provider that plays back scripted answers and records what it was asked. An answer of
+/// `None` never comes (the request hangs until it is abandoned).
 struct Scripted {
-    answers: Mutex<VecDeque<Result<ChatResponse, ProviderError>>>,
+    answers: Mutex<VecDeque<Option<Result<ChatResponse, ProviderError>>>>,
     seen: Mutex<Vec<ChatRequest>>,
+    policy: RetryPolicy,
+    caching: bool,
+    /// How long each answer takes.
+    latency: Duration,
+    /// Answers completed so far, and how many were complete when each request was sent.
+    completed: std::sync::atomic::AtomicUsize,
+    completed_before: Mutex<Vec<usize>>,
 }
 
 impl Scripted {
     fn new(answers: Vec<Result<ChatResponse, ProviderError>>) -> Arc<Self> {
-        Arc::new(Scripted { answers: Mutex::new(answers.into()), seen: Mutex::new(Vec::new()) })
+        Scripted::build(
+            answers.into_iter().map(Some).collect(),
+            fast_policy(),
+            false,
+            Duration::ZERO,
+        )
+    }
+
+    fn build(
+        answers: Vec<Option<Result<ChatResponse, ProviderError>>>,
+        policy: RetryPolicy,
+        caching: bool,
+        latency: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Scripted {
+            answers: Mutex::new(answers.into()),
+            seen: Mutex::new(Vec::new()),
+            policy,
+            caching,
+            latency,
+            completed: Default::default(),
+            completed_before: Mutex::new(Vec::new()),
+        })
     }
 }
 
@@ -26,18 +56,61 @@ impl Provider for Scripted {
     fn resolve_model(&self, requested: Option<&str>) -> String {
         requested.unwrap_or("scripted-model").to_string()
     }
-    fn complete<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+    fn complete<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+        use std::sync::atomic::Ordering;
         self.seen.lock().unwrap().push(request.clone());
-        let answer = self.answers.lock().unwrap().pop_front().expect("the test scripted enough answers");
-        Box::pin(async move { answer })
+        self.completed_before
+            .lock()
+            .unwrap()
+            .push(self.completed.load(Ordering::SeqCst));
+        let answer = self
+            .answers
+            .lock()
+            .unwrap()
+            .pop_front()
+            .expect("the test scripted enough answers");
+        Box::pin(async move {
+            let Some(answer) = answer else {
+                return std::future::pending().await;
+            };
+            tokio::time::sleep(self.latency).await;
+            self.completed.fetch_add(1, Ordering::SeqCst);
+            answer
+        })
+    }
+    fn prompt_cache(&self) -> bool {
+        self.caching
+    }
+    fn retry_policy(&self) -> RetryPolicy {
+        self.policy
+    }
+}
+
+/// Retries without real waiting.
+fn fast_policy() -> RetryPolicy {
+    RetryPolicy {
+        base_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(4),
+        ..RetryPolicy::default()
     }
 }
 
 fn submit(input: Value) -> Result<ChatResponse, ProviderError> {
     Ok(ChatResponse {
-        content: vec![Block::ToolUse { id: "t".into(), name: SUBMIT_TOOL.into(), input }],
+        content: vec![Block::ToolUse {
+            id: "t".into(),
+            name: SUBMIT_TOOL.into(),
+            input,
+        }],
         stop: StopReason::ToolUse,
-        usage: Usage { input_tokens: 10, output_tokens: 5, ..Usage::default() },
+        usage: Usage {
+            input_tokens: 10,
+            output_tokens: 5,
+            ..Usage::default()
+        },
         model: "scripted-model".into(),
     })
 }
@@ -58,7 +131,11 @@ fn request(schema: Option<Value>) -> AgentRequest {
 }
 
 fn context(provider: Arc<dyn Provider>, budget: Option<u64>) -> AgentContext {
-    AgentContext { provider, ledger: BudgetLedger::new(budget), tools: None }
+    AgentContext {
+        provider,
+        ledger: BudgetLedger::new(budget),
+        tools: None,
+    }
 }
 
 fn verdict_schema() -> Value {
@@ -67,12 +144,23 @@ fn verdict_schema() -> Value {
 
 #[tokio::test]
 async fn invalid_submissions_are_sent_back_until_valid() {
-    let provider = Scripted::new(vec![submit(json!({"real": "yes"})), submit(json!({"real": true}))]);
-    let output = run_agent(&context(provider.clone(), None), &request(Some(verdict_schema()))).await.unwrap();
+    let provider = Scripted::new(vec![
+        submit(json!({"real": "yes"})),
+        submit(json!({"real": true})),
+    ]);
+    let output = run_agent(
+        &context(provider.clone(), None),
+        &request(Some(verdict_schema())),
+    )
+    .await
+    .unwrap();
     assert_eq!(output.json, Some(json!({"real": true})));
     assert_eq!(output.usage.input_tokens, 20);
     let seen = provider.seen.lock().unwrap();
-    let Block::ToolResult { content, is_error, .. } = &seen[1].messages.last().unwrap().content[0] else {
+    let Block::ToolResult {
+        content, is_error, ..
+    } = &seen[1].messages.last().unwrap().content[0]
+    else {
         panic!("the second request must carry the validation error")
     };
     assert!(*is_error);
@@ -82,7 +170,9 @@ async fn invalid_submissions_are_sent_back_until_valid() {
 #[tokio::test]
 async fn five_invalid_submissions_are_a_schema_mismatch() {
     let provider = Scripted::new((0..5).map(|_| submit(json!({"real": 1}))).collect());
-    let error = run_agent(&context(provider, None), &request(Some(verdict_schema()))).await.unwrap_err();
+    let error = run_agent(&context(provider, None), &request(Some(verdict_schema())))
+        .await
+        .unwrap_err();
     assert_eq!(error.kind(), "schema-mismatch");
     assert!(error.to_string().contains("after 5 attempts"), "{error}");
 }
@@ -90,20 +180,26 @@ async fn five_invalid_submissions_are_a_schema_mismatch() {
 #[tokio::test]
 async fn requests_that_do_not_fit_the_budget_are_never_sent() {
     let provider = Scripted::new(vec![]);
-    let error = run_agent(&context(provider.clone(), Some(50)), &request(None)).await.unwrap_err();
+    let error = run_agent(&context(provider.clone(), Some(50)), &request(None))
+        .await
+        .unwrap_err();
     assert_eq!(error.kind(), "budget-exhausted");
     assert!(provider.seen.lock().unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn transient_failures_are_retried_and_fatal_ones_are_not() {
-    let transient = || Err(ProviderError::Transient { provider: "p".into(), message: "overloaded".into() });
+    let transient = || Err(ProviderError::transient("p", "overloaded"));
     let provider = Scripted::new(vec![transient(), submit(json!({"real": false}))]);
-    let output = run_agent(&context(provider, None), &request(Some(verdict_schema()))).await.unwrap();
+    let output = run_agent(&context(provider, None), &request(Some(verdict_schema())))
+        .await
+        .unwrap();
     assert_eq!(output.json, Some(json!({"real": false})));
 
-    let provider = Scripted::new(vec![Err(ProviderError::Fatal { provider: "p".into(), message: "bad key".into() })]);
-    let error = run_agent(&context(provider.clone(), None), &request(None)).await.unwrap_err();
+    let provider = Scripted::new(vec![Err(ProviderError::fatal("p", "bad key"))]);
+    let error = run_agent(&context(provider.clone(), None), &request(None))
+        .await
+        .unwrap_err();
     assert_eq!(error.kind(), "provider");
     assert_eq!(provider.seen.lock().unwrap().len(), 1);
 }
@@ -113,19 +209,279 @@ async fn slow_agents_time_out() {
     let mut slow = request(None);
     slow.timeout = Some(Duration::from_millis(20));
     let provider = Arc::new(SimProvider::new(Duration::from_secs(5)));
-    let error = run_agent(&context(provider, None), &slow).await.unwrap_err();
+    let error = run_agent(&context(provider, None), &slow)
+        .await
+        .unwrap_err();
     assert_eq!(error.kind(), "timeout");
 }
 
 #[tokio::test]
 async fn the_simulated_provider_satisfies_schemas_end_to_end() {
-    let output = run_agent(&context(Arc::new(SimProvider::default()), None), &request(Some(verdict_schema()))).await.unwrap();
+    let output = run_agent(
+        &context(Arc::new(SimProvider::default()), None),
+        &request(Some(verdict_schema())),
+    )
+    .await
+    .unwrap();
     assert!(output.json.unwrap()["real"].is_boolean());
     assert_eq!(output.model, "sim-default");
 }
 
 #[test]
 fn unknown_tools_are_denied() {
-    assert_eq!(check_tool_grant(&["read".into(), "shell".into()]).unwrap_err().kind(), "denied");
+    assert_eq!(
+        check_tool_grant(&["read".into(), "shell".into()])
+            .unwrap_err()
+            .kind(),
+        "denied"
+    );
     check_tool_grant(&["read".into(), "git".into()]).unwrap();
+}
+
+fn text(answer: &str) -> Result<ChatResponse, ProviderError> {
+    Ok(ChatResponse {
+        content: vec![Block::Text(answer.into())],
+        stop: StopReason::EndTurn,
+        usage: Usage {
+            input_tokens: 10,
+            output_tokens: 5,
+            ..Usage::default()
+        },
+        model: "scripted-model".into(),
+    })
+}
+
+fn transient_after(
+    retry_after: Option<Duration>,
+    spent: Spent,
+) -> Result<ChatResponse, ProviderError> {
+    Err(ProviderError::Transient {
+        provider: "p".into(),
+        message: "overloaded".into(),
+        retry_after,
+        spent,
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured_up_to_its_cap() {
+    let policy = RetryPolicy {
+        max_retry_after: Duration::from_secs(60),
+        ..RetryPolicy::default()
+    };
+    let provider = Scripted::build(
+        vec![
+            Some(transient_after(
+                Some(Duration::from_secs(7)),
+                Spent::Nothing,
+            )),
+            Some(transient_after(
+                Some(Duration::from_secs(3600)),
+                Spent::Nothing,
+            )),
+            Some(text("done")),
+        ],
+        policy,
+        false,
+        Duration::ZERO,
+    );
+    let began = tokio::time::Instant::now();
+    let output = run_agent(&context(provider.clone(), None), &request(None))
+        .await
+        .unwrap();
+    assert_eq!(output.text, "done");
+    // Paused time advances exactly by the sleeps: 7 s asked for, then an hour capped at 60 s.
+    assert_eq!(began.elapsed(), Duration::from_secs(67));
+    assert_eq!(provider.seen.lock().unwrap().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_grows_without_retry_after_and_gives_up_after_the_last_retry() {
+    let policy = RetryPolicy {
+        max_retries: 3,
+        ..RetryPolicy::default()
+    };
+    let answers = (0..4)
+        .map(|_| Some(transient_after(None, Spent::Nothing)))
+        .collect();
+    let provider = Scripted::build(answers, policy, false, Duration::ZERO);
+    let began = tokio::time::Instant::now();
+    let error = run_agent(&context(provider.clone(), None), &request(None))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), "provider");
+    assert!(
+        error.to_string().contains("gave up after 4 attempts"),
+        "{error}"
+    );
+    // Equal jitter: each wait lies in the upper half of 0.5 s, 1 s, 2 s.
+    let waited = began.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1750) && waited <= Duration::from_millis(3500),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn every_attempt_is_charged_what_it_cost() {
+    let billed = Usage {
+        input_tokens: 7,
+        output_tokens: 3,
+        ..Usage::default()
+    };
+    let provider = Scripted::new(vec![
+        transient_after(None, Spent::Nothing),
+        transient_after(None, Spent::Tokens(billed)),
+        transient_after(None, Spent::Unknown),
+        text("done"),
+    ]);
+    let agent = context(provider.clone(), Some(1_000_000));
+    let output = run_agent(&agent, &request(None)).await.unwrap();
+    let worst_case = provider.seen.lock().unwrap()[0].input_bytes() + 100;
+    // Refused: nothing; reported: what was reported; unknown: the whole reservation; then the answer.
+    assert_eq!(agent.ledger.spent(), 10 + worst_case + 15);
+    assert_eq!(agent.ledger.reserved(), 0);
+    assert_eq!(output.usage.input_tokens, 17);
+    assert_eq!(output.usage.output_tokens, 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_slower_than_the_timeout_are_abandoned_and_retried() {
+    let policy = RetryPolicy {
+        request_timeout: Duration::from_secs(30),
+        max_retries: 2,
+        ..fast_policy()
+    };
+    let provider = Scripted::build(
+        vec![None, Some(text("late but fine"))],
+        policy,
+        false,
+        Duration::ZERO,
+    );
+    let output = run_agent(&context(provider.clone(), None), &request(None))
+        .await
+        .unwrap();
+    assert_eq!(output.text, "late but fine");
+
+    let provider = Scripted::build(vec![None, None, None], policy, false, Duration::ZERO);
+    let agent = context(provider.clone(), Some(1_000_000));
+    let error = run_agent(&agent, &request(None)).await.unwrap_err();
+    assert_eq!(error.kind(), "timeout");
+    assert!(
+        error
+            .to_string()
+            .contains("request timeout of 30s, 3 attempts"),
+        "{error}"
+    );
+    assert_eq!(provider.seen.lock().unwrap().len(), 3);
+    assert_eq!(
+        agent.ledger.reserved(),
+        0,
+        "abandoned requests are settled, not left reserved"
+    );
+    assert!(
+        agent.ledger.spent() > 0,
+        "an abandoned request may have been billed: it is charged"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn siblings_sharing_a_prefix_wait_for_the_first_to_write_the_cache() {
+    let shared = "Context shared by every sibling.\n".repeat(200);
+    let provider = Scripted::build(
+        (0..4).map(|_| Some(text("ok"))).collect(),
+        fast_policy(),
+        true,
+        Duration::from_secs(2),
+    );
+    let agent = context(provider.clone(), None);
+    let prefixes = Arc::new(SharedPrefixes::default());
+    let requests: Vec<AgentRequest> = (0..4)
+        .map(|i| AgentRequest {
+            prompt: format!("{shared}Task {i}: review file_{i}.rs"),
+            ..request(None)
+        })
+        .collect();
+    for sibling in &requests {
+        prefixes.register_request(&agent, sibling);
+    }
+    let runs = requests
+        .iter()
+        .map(|sibling| run_agent_sharing(&agent, sibling, &prefixes));
+    for outcome in futures_join(runs).await {
+        assert_eq!(outcome.unwrap().text, "ok");
+    }
+    let seen = provider.seen.lock().unwrap();
+    let completed_before = provider.completed_before.lock().unwrap();
+    assert_eq!(completed_before[0], 0);
+    assert!(
+        completed_before[1..].iter().all(|&done| done >= 1),
+        "siblings went after the writer: {completed_before:?}"
+    );
+    for chat in seen.iter() {
+        assert!(chat.cache.system && chat.cache.shared_prefix && !chat.cache.conversation);
+        assert_eq!(chat.messages[0].content[0], Block::Text(shared.clone()));
+        assert!(
+            matches!(&chat.messages[0].content[1], Block::Text(rest) if rest.starts_with("Task "))
+        );
+    }
+}
+
+#[tokio::test]
+async fn providers_without_a_cache_get_no_hints_and_whole_prompts() {
+    let provider = Scripted::new(vec![text("ok")]);
+    let agent = context(provider.clone(), None);
+    run_agent(&agent, &request(None)).await.unwrap();
+    let seen = provider.seen.lock().unwrap();
+    assert_eq!(seen[0].cache, CacheHints::default());
+    assert_eq!(
+        seen[0].messages[0].content,
+        vec![Block::Text("find bugs".into())]
+    );
+}
+
+#[tokio::test]
+async fn the_submit_tool_is_forced_when_it_is_the_only_tool() {
+    let provider = Scripted::new(vec![submit(json!({"real": true}))]);
+    run_agent(
+        &context(provider.clone(), None),
+        &request(Some(verdict_schema())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        provider.seen.lock().unwrap()[0].force_tool.as_deref(),
+        Some(SUBMIT_TOOL)
+    );
+}
+
+/// Runs futures concurrently on the current task and collects their outputs in order.
+async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let handles: Vec<_> = futures.map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = handles.iter().map(|_| None).collect();
+    let mut handles: Vec<Option<_>> = handles.into_iter().map(Some).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (slot, output) in handles.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(future) = slot {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => {
+                        *output = Some(value);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|output| output.expect("every future finished"))
+        .collect()
 }

@@ -6,10 +6,18 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod anthropic;
+mod http;
+pub mod openai;
+pub mod retry;
 pub mod sim;
+
+pub use http::ApiKey;
+pub use retry::RetryPolicy;
 
 /// A boxed future, so that providers can be chosen at run time (`dyn Provider`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -60,7 +68,10 @@ pub struct Message {
 impl Message {
     /// A user message holding one text block.
     pub fn user_text(text: impl Into<String>) -> Self {
-        Message { role: Role::User, content: vec![Block::Text(text.into())] }
+        Message {
+            role: Role::User,
+            content: vec![Block::Text(text.into())],
+        }
     }
 }
 
@@ -107,6 +118,22 @@ pub struct ChatRequest {
     pub max_tokens: u32,
     /// Requested reasoning effort, if any.
     pub effort: Option<Effort>,
+    /// Which parts of the request are worth caching (providers without a prompt cache ignore it).
+    pub cache: CacheHints,
+}
+
+/// Where a provider with a prompt cache should mark the request as cacheable.
+///
+/// Caches work on prefixes, in the order tools, system prompt, messages: everything up to a
+/// marked point can be written once and read by later requests that start the same way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheHints {
+    /// The tools and the system prompt are shared with sibling requests.
+    pub system: bool,
+    /// The first block of the first message is a prompt prefix shared with sibling requests.
+    pub shared_prefix: bool,
+    /// The conversation so far will be sent again next turn (a multi-turn agent).
+    pub conversation: bool,
 }
 
 /// Why the model stopped.
@@ -163,6 +190,19 @@ pub struct ChatResponse {
     pub model: String,
 }
 
+/// What a failed request may have cost, which decides how its budget reservation is settled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Spent {
+    /// Nothing: the request was refused or never arrived (HTTP errors, connection refused).
+    #[default]
+    Nothing,
+    /// The provider may have processed and billed it, but did not say how much (a timeout, an
+    /// unreadable answer); the reservation is charged in full so the budget stays an upper bound.
+    Unknown,
+    /// The provider reported this usage, though the answer was unusable.
+    Tokens(Usage),
+}
+
 /// A provider failure.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ProviderError {
@@ -173,15 +213,49 @@ pub enum ProviderError {
         provider: String,
         /// What went wrong.
         message: String,
+        /// How long the provider asked us to wait (`retry-after`), if it said.
+        retry_after: Option<Duration>,
+        /// What the attempt may have cost.
+        spent: Spent,
     },
-    /// Not worth retrying (bad request, authentication, spend limits, unparsable answers).
+    /// Not worth retrying (bad request, authentication, spend limits).
     #[error("{provider}: {message}")]
     Fatal {
         /// Provider name.
         provider: String,
         /// What went wrong.
         message: String,
+        /// What the attempt may have cost.
+        spent: Spent,
     },
+}
+
+impl ProviderError {
+    /// A transient failure that cost nothing and names no wait.
+    pub fn transient(provider: impl Into<String>, message: impl Into<String>) -> Self {
+        ProviderError::Transient {
+            provider: provider.into(),
+            message: message.into(),
+            retry_after: None,
+            spent: Spent::Nothing,
+        }
+    }
+
+    /// A fatal failure that cost nothing.
+    pub fn fatal(provider: impl Into<String>, message: impl Into<String>) -> Self {
+        ProviderError::Fatal {
+            provider: provider.into(),
+            message: message.into(),
+            spent: Spent::Nothing,
+        }
+    }
+
+    /// What the failed attempt may have cost.
+    pub fn spent(&self) -> Spent {
+        match self {
+            ProviderError::Transient { spent, .. } | ProviderError::Fatal { spent, .. } => *spent,
+        }
+    }
 }
 
 /// A backend that answers chat requests.
@@ -193,7 +267,22 @@ pub trait Provider: Send + Sync + 'static {
     fn resolve_model(&self, requested: Option<&str>) -> String;
 
     /// Answers one request.
-    fn complete<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, ProviderError>>;
+    fn complete<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>>;
+
+    /// Whether the provider keeps a prompt cache that sibling requests sharing a prefix can read.
+    /// The agent loop then marks shared prefixes and sends the first request of a group of
+    /// siblings before the others, so that they read the cache instead of each writing it.
+    fn prompt_cache(&self) -> bool {
+        false
+    }
+
+    /// How failed requests are retried, and how long one request may take.
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::default()
+    }
 }
 
 impl ChatRequest {
@@ -221,5 +310,7 @@ impl ChatRequest {
 }
 
 fn json_len(value: &Value) -> usize {
-    serde_json::to_vec(value).map(|bytes| bytes.len()).unwrap_or(0)
+    serde_json::to_vec(value)
+        .map(|bytes| bytes.len())
+        .unwrap_or(0)
 }

@@ -169,6 +169,7 @@ mod tests {
             force_tool: None,
             max_tokens: 100,
             effort: None,
+            cache: Default::default(),
         }
     }
 

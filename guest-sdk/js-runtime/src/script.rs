@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::rc::Rc;
 
 use rquickjs::context::EvalOptions;
-use rquickjs::function::Opt;
+use rquickjs::function::{Opt, This};
 use rquickjs::promise::PromiseState;
 use rquickjs::{
     Array, Context, Ctx, Exception, Function, Object, Persistent, Promise, Runtime, Value,
@@ -35,8 +35,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            memory: 256 << 20,
-            stack: 128 << 10,
+            memory: 192 << 20,
+            stack: 192 << 10,
         }
     }
 }
@@ -119,16 +119,7 @@ impl Workflow {
             // the one function compiled from the whole text.
             let whole = main
                 .as_function()
-                .and_then(|f| {
-                    f.get::<_, Function>("toString")
-                        .ok()
-                        .map(|to_string| (f, to_string))
-                })
-                .and_then(|(f, to_string)| {
-                    to_string
-                        .call::<_, String>((rquickjs::function::This(f.clone()),))
-                        .ok()
-                })
+                .and_then(source_text)
                 .is_some_and(|text| text == wrapped[1..wrapped.len() - 1]);
             if !whole {
                 let hint = prepared.lex_error.as_ref().map_or_else(
@@ -318,6 +309,12 @@ impl Workflow {
     }
 }
 
+/// The source text of a function, as `Function.prototype.toString` gives it.
+fn source_text<'js>(function: &Function<'js>) -> Option<String> {
+    let to_string: Function = function.get("toString").ok()?;
+    to_string.call((This(function.clone()),)).ok()
+}
+
 fn eval_options(file_name: &str) -> EvalOptions {
     let mut options = EvalOptions::default();
     options.global = true;
@@ -486,14 +483,36 @@ fn describe<'js>(ctx: &Ctx<'js>, value: &Value<'js>, name: &str, limits: Limits)
         out.push_str(" (a recursion that never ends, or one too deep: use a loop)");
     }
     if let Some(stack) = get("stack") {
-        for line in fix_positions(&stack, name).lines() {
-            if !line.trim().is_empty() && !line.contains(PRELUDE_NAME) {
-                out.push('\n');
-                out.push_str(line);
-            }
-        }
+        push_stack(&mut out, &fix_positions(&stack, name));
     }
     out
+}
+
+/// Appends the frames of `stack` to `out`, leaving out the prelude's and folding runs of one
+/// repeated frame (a deep recursion) into a line that counts them.
+fn push_stack(out: &mut String, stack: &str) {
+    let frames = stack
+        .lines()
+        .filter(|line| !line.trim().is_empty() && !line.contains(PRELUDE_NAME));
+    let mut previous: Option<&str> = None;
+    let mut repeats = 0;
+    let flush = |out: &mut String, repeats: usize| {
+        if repeats > 0 {
+            let _ = write!(out, "\n    ... the same frame {repeats} more times");
+        }
+    };
+    for frame in frames {
+        if previous == Some(frame) {
+            repeats += 1;
+            continue;
+        }
+        flush(out, repeats);
+        repeats = 0;
+        out.push('\n');
+        out.push_str(frame);
+        previous = Some(frame);
+    }
+    flush(out, repeats);
 }
 
 /// Any value as short text: JSON when it has one, else its string form.

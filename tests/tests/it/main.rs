@@ -5,5 +5,6 @@
 mod cli;
 mod guests_used;
 mod limits;
+mod providers;
 mod runs;
 mod tools;
