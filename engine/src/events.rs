@@ -40,7 +40,46 @@ pub enum RunEvent {
         error: Option<String>,
         /// Tokens it used.
         usage: Usage,
+        /// The model that answered (empty when it failed).
+        model: String,
+        /// Answered from the journal of a resumed run.
+        replayed: bool,
     },
+}
+
+impl RunEvent {
+    /// The event as one JSON object, the line format of `--events` (see the README).
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            RunEvent::Phase { title } => json!({"event": "phase", "title": title}),
+            RunEvent::Log { message } => json!({"event": "log", "message": message}),
+            RunEvent::AgentQueued { id, label, phase } => {
+                json!({"event": "agent_queued", "id": id, "label": label, "phase": phase})
+            }
+            RunEvent::AgentStarted { id } => json!({"event": "agent_started", "id": id}),
+            RunEvent::AgentFinished {
+                id,
+                error,
+                usage,
+                model,
+                replayed,
+            } => json!({
+                "event": "agent_finished",
+                "id": id,
+                "ok": error.is_none(),
+                "error": error,
+                "model": model,
+                "replayed": replayed,
+                "usage": {
+                    "input_tokens": usage.input_tokens,
+                    "output_tokens": usage.output_tokens,
+                    "cache_read_tokens": usage.cache_read_tokens,
+                    "cache_write_tokens": usage.cache_write_tokens,
+                },
+            }),
+        }
+    }
 }
 
 /// Receives a run's events. Called from many tasks; must not block.

@@ -76,6 +76,9 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_ms INTEGER,
     pid INTEGER NOT NULL,
     resumed_from TEXT,
+    argv TEXT NOT NULL DEFAULT '[]',
+    cwd TEXT NOT NULL DEFAULT '',
+    stop_requested INTEGER NOT NULL DEFAULT 0,
     agents INTEGER NOT NULL DEFAULT 0,
     input_tokens INTEGER NOT NULL DEFAULT 0,
     output_tokens INTEGER NOT NULL DEFAULT 0,
@@ -121,6 +124,7 @@ CREATE TABLE IF NOT EXISTS events (
     text TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id);
+CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_ms);
 ";
 
 /// What is known about a run when it starts.
@@ -142,6 +146,10 @@ pub struct NewRun {
     pub provider: String,
     /// The run this one resumes, if any.
     pub resumed_from: Option<String>,
+    /// The command-line arguments that started it, so that it can be resumed alike.
+    pub argv: Vec<String>,
+    /// The directory it was started in (relative paths in `argv` are relative to it).
+    pub cwd: String,
 }
 
 /// How a run ended (or that it has not).
@@ -225,6 +233,10 @@ pub struct RunDetail {
     pub resumed_from: Option<String>,
     /// Workflow hash.
     pub workflow_hash: String,
+    /// The command-line arguments that started it.
+    pub argv: Vec<String>,
+    /// The directory it was started in.
+    pub cwd: String,
     /// Calls in start order.
     pub calls: Vec<CallRow>,
     /// Phases and log lines in order: (kind, text, at_ms).
@@ -452,7 +464,41 @@ impl Journal {
     }
 
     fn reader(&self) -> Result<Connection, JournalError> {
-        Connection::open(&self.path).map_err(|e| sqlite_error(&self.path, e))
+        let connection = Connection::open(&self.path).map_err(|e| sqlite_error(&self.path, e))?;
+        // Readers may write small things (a stop request); wait for the writer instead of failing.
+        connection
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| sqlite_error(&self.path, e))?;
+        Ok(connection)
+    }
+
+    /// Asks the process running `id` to stop it (it checks a few times a second).
+    pub fn request_stop(&self, id: &str) -> Result<(), JournalError> {
+        self.reader()?
+            .execute("UPDATE runs SET stop_requested = 1 WHERE id = ?1", [id])
+            .map(|_| ())
+            .map_err(|e| sqlite_error(&self.path, e))
+    }
+
+    /// Records what a run cost, in dollars.
+    pub fn set_cost(&self, id: &str, cost: f64) -> Result<(), JournalError> {
+        self.reader()?
+            .execute("UPDATE runs SET cost = ?2 WHERE id = ?1", params![id, cost])
+            .map(|_| ())
+            .map_err(|e| sqlite_error(&self.path, e))
+    }
+
+    /// Whether someone asked to stop `id`.
+    pub fn stop_requested(&self, id: &str) -> Result<bool, JournalError> {
+        self.reader()?
+            .query_row(
+                "SELECT stop_requested FROM runs WHERE id = ?1",
+                [id],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|flag| flag == Some(1))
+            .map_err(|e| sqlite_error(&self.path, e))
     }
 
     /// Resolves a full id or an unambiguous prefix.
@@ -494,7 +540,7 @@ impl Journal {
         let row = db
             .query_row(
                 &format!(
-                    "SELECT {SUMMARY_COLUMNS}, args, root, script, result, error, provider, limits, resumed_from, workflow_hash FROM runs WHERE id = ?1"
+                    "SELECT {SUMMARY_COLUMNS}, args, root, script, result, error, provider, limits, resumed_from, workflow_hash, argv, cwd FROM runs WHERE id = ?1"
                 ),
                 [id],
                 |row| {
@@ -509,6 +555,8 @@ impl Journal {
                         limits: row.get(18)?,
                         resumed_from: row.get(19)?,
                         workflow_hash: row.get(20)?,
+                        argv: serde_json::from_str(&row.get::<_, String>(21)?).unwrap_or_default(),
+                        cwd: row.get(22)?,
                         calls: Vec::new(),
                         events: Vec::new(),
                     })
@@ -621,7 +669,15 @@ impl Journal {
     }
 }
 
-const SUMMARY_COLUMNS: &str = "id, workflow, status, agents, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost, started_ms, finished_ms, pid";
+/// Counts and tokens come from the calls themselves, so a run killed before it could finish still
+/// shows what it did; answers replayed from the journal were not paid again and do not count.
+const SUMMARY_COLUMNS: &str = "id, workflow, status, \
+    (SELECT COUNT(*) FROM calls c WHERE c.run_id = runs.id), \
+    (SELECT COALESCE(SUM(input_tokens), 0) FROM calls c WHERE c.run_id = runs.id AND replayed = 0), \
+    (SELECT COALESCE(SUM(output_tokens), 0) FROM calls c WHERE c.run_id = runs.id AND replayed = 0), \
+    (SELECT COALESCE(SUM(cache_read_tokens), 0) FROM calls c WHERE c.run_id = runs.id AND replayed = 0), \
+    (SELECT COALESCE(SUM(cache_write_tokens), 0) FROM calls c WHERE c.run_id = runs.id AND replayed = 0), \
+    cost, started_ms, finished_ms, pid";
 
 fn summary_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunSummary> {
     Ok(RunSummary {
@@ -706,8 +762,8 @@ fn apply(
         match op {
             Op::BeginRun(id, run, at) => {
                 tx.execute(
-                    "INSERT INTO runs (id, workflow, workflow_hash, script, args, limits, root, provider, status, started_ms, pid, resumed_from) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'running', ?9, ?10, ?11)",
-                    params![id, run.workflow, run.workflow_hash, run.script, run.args, run.limits.to_string(), run.root, run.provider, at, std::process::id(), run.resumed_from],
+                    "INSERT INTO runs (id, workflow, workflow_hash, script, args, limits, root, provider, status, started_ms, pid, resumed_from, argv, cwd) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'running', ?9, ?10, ?11, ?12, ?13)",
+                    params![id, run.workflow, run.workflow_hash, run.script, run.args, run.limits.to_string(), run.root, run.provider, at, std::process::id(), run.resumed_from, serde_json::to_string(&run.argv).unwrap_or_default(), run.cwd],
                 )?;
             }
             Op::Queued {

@@ -5,6 +5,7 @@
 //! [`scheduler::AgentScheduler`], one [`budget::BudgetLedger`]) lives inside [`Runtime::run`].
 
 pub mod agent_loop;
+pub mod artifact;
 pub mod budget;
 pub mod config;
 pub mod events;

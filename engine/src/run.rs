@@ -10,16 +10,17 @@ use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::agent_loop::AgentContext;
 use crate::budget::BudgetLedger;
-use crate::events::EventSink;
+use crate::events::{EventSink, RunEvent};
 use crate::host::{CpuMeter, RunLimiter, RunState, Workflow as Bindings, stdio::LogBuffer};
+use crate::journal::{Journal, RunStatus};
 use crate::limits::{LimitExceeded, RunLimits};
 use crate::provider::Provider;
 use crate::runtime::{Runtime, Workflow};
-use crate::scheduler::{AgentScheduler, AgentStats};
+use crate::scheduler::{AgentScheduler, AgentStats, CallJournal};
 use crate::tools::ToolRoot;
 
 /// Source text for a script runtime (e.g. a `.js` workflow for the JavaScript runtime).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Script {
     /// File name, for error messages.
     pub name: String,
@@ -41,6 +42,10 @@ pub struct RunOptions {
     pub events: Arc<dyn EventSink>,
     /// The script, when the workflow is a script runtime.
     pub script: Option<Script>,
+    /// Where the run is recorded (its id already begun there), and what it may replay.
+    pub journal: Option<CallJournal>,
+    /// Only load the script (the runtime's front-end checks), do not run it: `corral check`.
+    pub load_only: bool,
 }
 
 /// How a run failed.
@@ -61,6 +66,9 @@ pub enum RunError {
     /// The host could not run the workflow.
     #[error("cannot run the workflow: {0}")]
     Host(String),
+    /// Someone asked to stop the run (`corral runs stop`).
+    #[error("the run was stopped on request")]
+    Stopped,
 }
 
 /// What a run did.
@@ -95,13 +103,28 @@ impl Runtime {
             ledger: Arc::clone(&ledger),
             tools: options.root.clone(),
         };
-        let scheduler = AgentScheduler::new(
+        let recording = options
+            .journal
+            .as_ref()
+            .map(|j| (j.journal.clone(), j.run_id.clone()));
+        let events: Arc<dyn EventSink> = match &recording {
+            Some((journal, run_id)) => Arc::new(JournalEvents {
+                inner: options.events,
+                journal: journal.clone(),
+                run_id: run_id.clone(),
+            }),
+            None => options.events,
+        };
+        let mut scheduler = AgentScheduler::new(
             context,
             limits.max_concurrent,
             limits.max_agents,
-            Arc::clone(&options.events),
+            Arc::clone(&events),
         );
-        let log = LogBuffer::new(limits.max_log_bytes, Arc::clone(&options.events));
+        if let Some(journal) = options.journal {
+            scheduler = scheduler.with_journal(journal);
+        }
+        let log = LogBuffer::new(limits.max_log_bytes, Arc::clone(&events));
         let (stdout, stderr) = (log.stream(), log.stream());
         let wasi = WasiCtxBuilder::new()
             .stdout(stdout.clone())
@@ -115,7 +138,7 @@ impl Runtime {
             scheduler,
             ledger: Arc::clone(&ledger),
             tools: options.root,
-            events: options.events,
+            events,
             phase: None,
             log: log.clone(),
             cpu: CpuMeter::new(),
@@ -139,10 +162,20 @@ impl Runtime {
             options.args_json,
             options.script,
             &mut instantiate,
+            options.load_only,
         );
-        let outcome = match tokio::time::timeout(limits.timeout, execution).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(RunError::Limit(LimitExceeded::Timeout(limits.timeout))),
+        let bounded = async {
+            match tokio::time::timeout(limits.timeout, execution).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(RunError::Limit(LimitExceeded::Timeout(limits.timeout))),
+            }
+        };
+        let outcome = match &recording {
+            Some((journal, run_id)) => tokio::select! {
+                outcome = bounded => outcome,
+                () = stop_requested(journal, run_id) => Err(RunError::Stopped),
+            },
+            None => bounded.await,
         };
         stdout.finish();
         stderr.finish();
@@ -150,9 +183,23 @@ impl Runtime {
 
         let state = store.data_mut();
         state.scheduler.shutdown();
+        let agents = state.scheduler.stats();
+        if let Some((journal, run_id)) = &recording {
+            let status = match &outcome {
+                Ok(_) => RunStatus::Succeeded,
+                Err(RunError::Stopped) => RunStatus::Stopped,
+                Err(_) => RunStatus::Failed,
+            };
+            let (result, error) = match &outcome {
+                Ok(result) => (Some(result.clone()), None),
+                Err(error) => (None, Some(error.to_string())),
+            };
+            // The journal is a record, not the run: failing to finish it must not fail the run.
+            let _ = journal.finish_run(run_id, status, result, error, agents.started, agents.usage);
+        }
         RunReport {
             outcome,
-            agents: state.scheduler.stats(),
+            agents,
             spent_tokens: ledger.spent(),
             budget_tokens: ledger.total(),
             wall: began.elapsed(),
@@ -168,6 +215,7 @@ async fn execute(
     args_json: String,
     script: Option<Script>,
     instantiate: &mut Duration,
+    load_only: bool,
 ) -> Result<String, RunError> {
     let began = Instant::now();
     let instance: Instance = workflow
@@ -178,6 +226,7 @@ async fn execute(
     *instantiate = began.elapsed();
     let bindings = Bindings::new(&mut *store, &instance)
         .map_err(|error| RunError::Host(format!("{error:#}")))?;
+    let script = script.or_else(|| workflow.embedded_script.clone());
     match (&workflow.script_load, script) {
         (Some(index), Some(script)) => {
             let load: ScriptLoad =
@@ -208,11 +257,48 @@ async fn execute(
         }
         (None, None) => {}
     }
+    if load_only {
+        return Ok("null".to_string());
+    }
     let result = bindings
         .call_run(&mut *store, &args_json)
         .await
         .map_err(classify)?;
     result.map_err(RunError::Workflow)
+}
+
+/// How often a journaled run checks for a stop request.
+const STOP_POLL: Duration = Duration::from_millis(250);
+
+/// Resolves once someone asks to stop the run.
+async fn stop_requested(journal: &Journal, run_id: &str) {
+    loop {
+        tokio::time::sleep(STOP_POLL).await;
+        let journal = journal.clone();
+        let run_id = run_id.to_string();
+        let asked = tokio::task::spawn_blocking(move || journal.stop_requested(&run_id)).await;
+        if matches!(asked, Ok(Ok(true))) {
+            return;
+        }
+    }
+}
+
+/// Forwards events and records phases and log lines in the journal.
+struct JournalEvents {
+    inner: Arc<dyn EventSink>,
+    journal: Journal,
+    run_id: String,
+}
+
+impl EventSink for JournalEvents {
+    fn event(&self, event: &RunEvent) {
+        match event {
+            RunEvent::Phase { title } => self.journal.phase(&self.run_id, title),
+            RunEvent::Log { message } => self.journal.log(&self.run_id, message),
+            _ => {}
+        }
+        self.inner.event(event);
+    }
 }
 
 /// Names what ended a run that trapped.

@@ -104,7 +104,10 @@ pub struct Workflow {
     pub(crate) instance_pre: InstancePre<RunState>,
     pub(crate) script_load: Option<ComponentExportIndex>,
     pub(crate) imports: Vec<String>,
+    pub(crate) exports: Vec<String>,
     pub(crate) compiled_from_cache: bool,
+    pub(crate) embedded_script: Option<crate::run::Script>,
+    pub(crate) size: usize,
 }
 
 impl Workflow {
@@ -126,6 +129,21 @@ impl Workflow {
     /// The component's imports.
     pub fn imports(&self) -> &[String] {
         &self.imports
+    }
+
+    /// The component's exports.
+    pub fn exports(&self) -> &[String] {
+        &self.exports
+    }
+
+    /// The script packaged into the component by `corral build`, if any.
+    pub fn embedded_script(&self) -> Option<&crate::run::Script> {
+        self.embedded_script.as_ref()
+    }
+
+    /// Size of the component in bytes.
+    pub fn size(&self) -> usize {
+        self.size
     }
 
     /// Whether the compiled code came from the disk cache (no Cranelift work).
@@ -208,13 +226,32 @@ impl Runtime {
             return Ok(Arc::clone(workflow));
         }
         check_component_header(name, bytes)?;
-        let (component, compiled_from_cache) = self.compile(name, bytes, &hash)?;
+        // Compile without an embedded script, so every built script shares the runtime's code.
+        let code = crate::artifact::without_script(bytes).map_err(|error| LoadError::Invalid {
+            name: name.to_string(),
+            message: error.to_string(),
+        })?;
+        let code_hash = if code.len() == bytes.len() {
+            hash.clone()
+        } else {
+            hex(&Sha256::digest(&code))
+        };
+        let (component, compiled_from_cache) = self.compile(name, &code, &code_hash)?;
 
         let ty = component.component_type();
         let imports: Vec<String> = ty
             .imports(&self.engine)
             .map(|(import, _)| import.to_string())
             .collect();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(export, _)| export.to_string())
+            .collect();
+        let embedded_script =
+            crate::artifact::embedded_script(bytes).map_err(|error| LoadError::Invalid {
+                name: name.to_string(),
+                message: error.to_string(),
+            })?;
         host::wasi::check_imports(imports.iter().map(String::as_str)).map_err(|message| {
             LoadError::ForbiddenImport {
                 name: name.to_string(),
@@ -241,7 +278,10 @@ impl Runtime {
             instance_pre,
             script_load,
             imports,
+            exports,
             compiled_from_cache,
+            embedded_script,
+            size: bytes.len(),
         });
         self.lock_loaded().insert(hash, Arc::clone(&workflow));
         Ok(workflow)

@@ -15,6 +15,7 @@ use crate::agent_loop::{
     AgentContext, AgentError, AgentOutput, AgentRequest, SharedPrefixes, run_agent_sharing,
 };
 use crate::events::{EventSink, RunEvent};
+use crate::journal::{Journal, ReplayPlan, call_key};
 use crate::provider::Usage;
 
 /// The outcome of one agent call.
@@ -31,6 +32,8 @@ pub struct AgentStats {
     pub failed: HashMap<&'static str, u64>,
     /// Calls refused at start (agent cap, invalid options).
     pub refused: u64,
+    /// Calls answered from the journal of the run being resumed (not paid again).
+    pub replayed: u64,
     /// Tokens used by all calls.
     pub usage: Usage,
     /// Tokens used by the calls of each phase (calls without a phase under "").
@@ -61,6 +64,18 @@ pub struct AgentScheduler {
     events: Arc<dyn EventSink>,
     /// Sibling calls sharing a prompt prefix take turns writing the provider's prompt cache.
     prefixes: Arc<SharedPrefixes>,
+    /// Where calls are recorded, and which recorded answers a resumed run reuses.
+    journal: Option<CallJournal>,
+}
+
+/// A run's journal, as the scheduler uses it.
+pub struct CallJournal {
+    /// The journal.
+    pub journal: Journal,
+    /// The run's id in it.
+    pub run_id: String,
+    /// Recorded answers that may stand in for calls (when resuming).
+    pub replay: Option<ReplayPlan>,
 }
 
 impl AgentScheduler {
@@ -85,7 +100,14 @@ impl AgentScheduler {
             in_flight: Arc::new(AtomicUsize::new(0)),
             events,
             prefixes: Arc::new(SharedPrefixes::default()),
+            journal: None,
         }
+    }
+
+    /// Records every call in `journal`, and answers calls from its replay plan where it allows.
+    pub fn with_journal(mut self, journal: CallJournal) -> Self {
+        self.journal = Some(journal);
+        self
     }
 
     /// Counters so far.
@@ -116,6 +138,47 @@ impl AgentScheduler {
             label: request.label.clone(),
             phase: request.phase.clone(),
         });
+        let journal = self.journal.as_mut().map(|record| {
+            let model = self
+                .context
+                .provider
+                .resolve_model(request.model.as_deref());
+            let key = call_key(&request, &model);
+            record
+                .journal
+                .call_queued(&record.run_id, id, &key, &request, &model);
+            let replayed = record
+                .replay
+                .as_mut()
+                .and_then(|plan| plan.answer(id, &key));
+            (record.journal.clone(), record.run_id.clone(), replayed)
+        });
+        let journal = match journal {
+            Some((journal, run_id, Some(output))) => {
+                // Answered from the journal: nothing is sent and nothing is paid again.
+                let outcome: AgentOutcome = Ok(output);
+                journal.call_finished(&run_id, id, &outcome, true);
+                {
+                    let mut stats = self.lock_stats();
+                    stats.succeeded += 1;
+                    stats.replayed += 1;
+                }
+                self.events.event(&RunEvent::AgentFinished {
+                    id,
+                    error: None,
+                    usage: Usage::default(),
+                    model: outcome
+                        .as_ref()
+                        .map(|o| o.model.clone())
+                        .unwrap_or_default(),
+                    replayed: true,
+                });
+                self.finished.insert(id, outcome);
+                return Ok(id);
+            }
+            Some((journal, run_id, None)) => Some((journal, run_id)),
+            None => None,
+        };
 
         self.prefixes.register_request(&self.context, &request);
         let prefixes = Arc::clone(&self.prefixes);
@@ -137,7 +200,13 @@ impl AgentScheduler {
                 stats.peak_in_flight = stats.peak_in_flight.max(now);
             }
             events.event(&RunEvent::AgentStarted { id });
+            if let Some((journal, run_id)) = &journal {
+                journal.call_started(run_id, id);
+            }
             let outcome = run_agent_sharing(&context, &request, &prefixes).await;
+            if let Some((journal, run_id)) = &journal {
+                journal.call_finished(run_id, id, &outcome, false);
+            }
             let usage = outcome
                 .as_ref()
                 .map(|output| output.usage)
@@ -156,6 +225,11 @@ impl AgentScheduler {
                 id,
                 error: outcome.as_ref().err().map(|e| e.kind().to_string()),
                 usage,
+                model: outcome
+                    .as_ref()
+                    .map(|o| o.model.clone())
+                    .unwrap_or_default(),
+                replayed: false,
             });
             // The receiver lives as long as the run; if the run is gone nobody needs this outcome.
             let _ = sender.send((id, outcome));

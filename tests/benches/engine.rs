@@ -136,6 +136,8 @@ fn options(args: serde_json::Value, latency: Duration) -> RunOptions {
         provider: Arc::new(SimProvider::new(latency)),
         events: Arc::new(NoEvents),
         script: None,
+        journal: None,
+        load_only: false,
     }
 }
 

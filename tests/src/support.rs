@@ -35,6 +35,25 @@ pub fn workflow(name: &str) -> Arc<Workflow> {
         .unwrap_or_else(|e| panic!("loading {name}: {e}"))
 }
 
+/// The JavaScript runtime component (the committed artifact `guest-sdk/js-runtime/js_runtime.wasm`).
+pub fn js_runtime() -> Arc<Workflow> {
+    let path = workspace_root()
+        .join("guest-sdk")
+        .join("js-runtime")
+        .join("js_runtime.wasm");
+    runtime()
+        .load_file(&path)
+        .unwrap_or_else(|e| panic!("loading the JS runtime: {e}"))
+}
+
+/// Runs a JavaScript workflow source with `args` on the simulated provider.
+pub async fn run_js(source: &str, args: Value) -> RunReport {
+    Run::new(args)
+        .script("workflow.js", source)
+        .run(&js_runtime())
+        .await
+}
+
 /// A run's configuration with sensible test defaults.
 pub struct Run {
     /// The run's arguments.
@@ -47,6 +66,8 @@ pub struct Run {
     pub provider: Arc<dyn Provider>,
     /// The events.
     pub events: Arc<CollectEvents>,
+    /// The script, for a script runtime.
+    pub script: Option<engine::Script>,
 }
 
 impl Run {
@@ -58,7 +79,17 @@ impl Run {
             limits: RunLimits::default(),
             provider: Arc::new(SimProvider::default()),
             events: Arc::new(CollectEvents::default()),
+            script: None,
         }
+    }
+
+    /// Runs this script (the workflow must be a script runtime, such as [`js_runtime`]).
+    pub fn script(mut self, name: &str, source: &str) -> Self {
+        self.script = Some(engine::Script {
+            name: name.to_string(),
+            source: source.to_string(),
+        });
+        self
     }
 
     /// Uses this provider.
@@ -99,7 +130,9 @@ impl Run {
                     limits: self.limits,
                     provider: self.provider,
                     events,
-                    script: None,
+                    script: self.script,
+                    journal: None,
+                    load_only: false,
                 },
             )
             .await

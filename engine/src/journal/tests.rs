@@ -41,6 +41,8 @@ fn new_run() -> NewRun {
         root: None,
         provider: "sim".into(),
         resumed_from: None,
+        argv: vec!["run".into(), "probe.wasm".into()],
+        cwd: "/tmp".into(),
     }
 }
 
@@ -75,6 +77,10 @@ fn a_run_and_its_calls_round_trip() {
     assert_eq!(runs[0].agents, 2);
     let detail = journal.run_detail(&run).unwrap();
     assert_eq!(detail.result.as_deref(), Some("42"));
+    assert_eq!(detail.argv, ["run", "probe.wasm"]);
+    assert!(!journal.stop_requested(&run).unwrap());
+    journal.request_stop(&run).unwrap();
+    assert!(journal.stop_requested(&run).unwrap());
     assert_eq!(detail.calls.len(), 2);
     assert_eq!(detail.calls[0].status, "ok");
     assert_eq!(detail.calls[0].label.as_deref(), Some("label a"));

@@ -121,11 +121,16 @@ fn usage_errors_exit_2_and_say_how_to_fix_them() {
         expect!["error: cannot read missing.wasm: No such file or directory (os error 2)"],
     );
     check(
-        &run(&["run", "workflow.js"]),
+        &run(&["run", "notes.txt"]),
         2,
         expect![
-            "error: workflow.js is not a .wasm component; to run a script, name its runtime component with --runtime (or CORRAL_RUNTIME)"
+            "error: notes.txt is neither a .wasm component nor a .js script; name its script runtime with --runtime (or CORRAL_RUNTIME)"
         ],
+    );
+    check(
+        &run(&["run", "missing.js"]),
+        2,
+        expect!["error: cannot read missing.js: No such file or directory (os error 2)"],
     );
     let forbidden = guest_path("forbidden");
     check(

@@ -4,6 +4,7 @@
 
 mod cli;
 mod guests_used;
+mod journal;
 mod limits;
 mod providers;
 mod runs;
