@@ -361,17 +361,25 @@ impl Journal {
         Ok(id)
     }
 
-    /// Records that call `seq` was accepted.
-    pub fn call_queued(&self, run: &str, seq: u64, key: &str, request: &AgentRequest, model: &str) {
+    /// Records that call `seq` was accepted; `described` is the key and options from [`describe_call`].
+    pub fn call_queued(
+        &self,
+        run: &str,
+        seq: u64,
+        described: (String, String),
+        request: &AgentRequest,
+        model: &str,
+    ) {
+        let (key, options) = described;
         self.send(Op::Queued {
             run: run.to_string(),
             seq,
-            key: key.to_string(),
+            key,
             label: request.label.clone(),
             phase: request.phase.clone(),
             model: model.to_string(),
             prompt: request.prompt.clone(),
-            options: request_options(request).to_string(),
+            options,
             at: now_ms(),
         });
     }
@@ -705,18 +713,25 @@ fn usage_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Usage> {
 /// The key of an agent call: what it asks (prompt, options) and of whom (the resolved model).
 /// Two calls with the same key would be answered alike, so a recorded answer can stand in.
 pub fn call_key(request: &AgentRequest, model: &str) -> String {
+    describe_call(request, model).0
+}
+
+/// A call's key and its options as JSON text, computed once for the key and the record.
+pub fn describe_call(request: &AgentRequest, model: &str) -> (String, String) {
+    let options = request_options(request).to_string();
     let mut hasher = Sha256::new();
     hasher.update(model.as_bytes());
     hasher.update([0]);
     hasher.update(request.prompt.as_bytes());
     hasher.update([0]);
-    hasher.update(request_options(request).to_string().as_bytes());
-    hasher
-        .finalize()
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hasher.update(options.as_bytes());
+    let digest = hasher.finalize();
+    let mut key = String::with_capacity(32);
+    for byte in &digest[..16] {
+        use std::fmt::Write;
+        let _ = write!(key, "{byte:02x}");
+    }
+    (key, options)
 }
 
 fn request_options(request: &AgentRequest) -> Value {
@@ -761,8 +776,8 @@ fn apply(
     for op in batch {
         match op {
             Op::BeginRun(id, run, at) => {
-                tx.execute(
-                    "INSERT INTO runs (id, workflow, workflow_hash, script, args, limits, root, provider, status, started_ms, pid, resumed_from, argv, cwd) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'running', ?9, ?10, ?11, ?12, ?13)",
+                tx.prepare_cached(
+                    "INSERT INTO runs (id, workflow, workflow_hash, script, args, limits, root, provider, status, started_ms, pid, resumed_from, argv, cwd) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'running', ?9, ?10, ?11, ?12, ?13)")?.execute(
                     params![id, run.workflow, run.workflow_hash, run.script, run.args, run.limits.to_string(), run.root, run.provider, at, std::process::id(), run.resumed_from, serde_json::to_string(&run.argv).unwrap_or_default(), run.cwd],
                 )?;
             }
@@ -777,18 +792,18 @@ fn apply(
                 options,
                 at,
             } => {
-                tx.execute(
-                    "INSERT OR REPLACE INTO calls (run_id, seq, key, label, phase, model, status, queued_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7)",
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO calls (run_id, seq, key, label, phase, model, status, queued_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7)")?.execute(
                     params![run, seq as i64, key, label, phase, model, at],
                 )?;
-                tx.execute(
-                    "INSERT OR REPLACE INTO transcripts (run_id, seq, prompt, options) VALUES (?1, ?2, ?3, ?4)",
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO transcripts (run_id, seq, prompt, options) VALUES (?1, ?2, ?3, ?4)")?.execute(
                     params![run, seq as i64, prompt, options],
                 )?;
             }
             Op::Started { run, seq, at } => {
-                tx.execute(
-                    "UPDATE calls SET status = 'running', started_ms = ?3 WHERE run_id = ?1 AND seq = ?2 AND status = 'queued'",
+                tx.prepare_cached(
+                    "UPDATE calls SET status = 'running', started_ms = ?3 WHERE run_id = ?1 AND seq = ?2 AND status = 'queued'")?.execute(
                     params![run, seq as i64, at],
                 )?;
             }
@@ -819,8 +834,8 @@ fn apply(
                         Usage::default(),
                     ),
                 };
-                tx.execute(
-                    "UPDATE calls SET status = ?3, error_kind = ?4, error = ?5, text = ?6, json = ?7, answered_model = ?8, input_tokens = ?9, output_tokens = ?10, cache_read_tokens = ?11, cache_write_tokens = ?12, finished_ms = ?13, started_ms = COALESCE(started_ms, ?13), replayed = ?14 WHERE run_id = ?1 AND seq = ?2",
+                tx.prepare_cached(
+                    "UPDATE calls SET status = ?3, error_kind = ?4, error = ?5, text = ?6, json = ?7, answered_model = ?8, input_tokens = ?9, output_tokens = ?10, cache_read_tokens = ?11, cache_write_tokens = ?12, finished_ms = ?13, started_ms = COALESCE(started_ms, ?13), replayed = ?14 WHERE run_id = ?1 AND seq = ?2")?.execute(
                     params![run, seq as i64, status, kind, error, text, json, model, usage.input_tokens as i64, usage.output_tokens as i64, usage.cache_read_tokens as i64, usage.cache_write_tokens as i64, at, replayed as i64],
                 )?;
             }
@@ -830,10 +845,10 @@ fn apply(
                 text,
                 at,
             } => {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO events (run_id, at_ms, kind, text) VALUES (?1, ?2, ?3, ?4)",
-                    params![run, at, kind, text],
-                )?;
+                )?
+                .execute(params![run, at, kind, text])?;
             }
             Op::FinishRun {
                 run,
@@ -844,8 +859,8 @@ fn apply(
                 usage,
                 at,
             } => {
-                tx.execute(
-                    "UPDATE runs SET status = ?2, result = ?3, error = ?4, agents = ?5, input_tokens = ?6, output_tokens = ?7, cache_read_tokens = ?8, cache_write_tokens = ?9, finished_ms = ?10 WHERE id = ?1",
+                tx.prepare_cached(
+                    "UPDATE runs SET status = ?2, result = ?3, error = ?4, agents = ?5, input_tokens = ?6, output_tokens = ?7, cache_read_tokens = ?8, cache_write_tokens = ?9, finished_ms = ?10 WHERE id = ?1")?.execute(
                     params![run, status.as_str(), result, error, agents as i64, usage.input_tokens as i64, usage.output_tokens as i64, usage.cache_read_tokens as i64, usage.cache_write_tokens as i64, at],
                 )?;
             }

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::{Instance, TypedFunc};
 use wasmtime::{Store, UpdateDeadline};
-use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::agent_loop::AgentContext;
 use crate::budget::BudgetLedger;
@@ -126,10 +125,8 @@ impl Runtime {
         }
         let log = LogBuffer::new(limits.max_log_bytes, Arc::clone(&events));
         let (stdout, stderr) = (log.stream(), log.stream());
-        let wasi = WasiCtxBuilder::new()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .build();
+        let seed = run_seed(workflow, &options.args_json, options.script.as_ref());
+        let wasi = crate::host::wasi::run_ctx(seed, stdout.clone(), stderr.clone());
         let state = RunState {
             wasi,
             table: wasmtime::component::ResourceTable::new(),
@@ -265,6 +262,26 @@ async fn execute(
         .await
         .map_err(classify)?;
     result.map_err(RunError::Workflow)
+}
+
+/// The seed of a run's virtual clocks and random numbers: the same workflow, script and
+/// arguments give the same seed, so a resumed or replayed run sees the same values.
+fn run_seed(workflow: &Workflow, args_json: &str, script: Option<&Script>) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(workflow.hash().as_bytes());
+    hasher.update([0]);
+    hasher.update(args_json.as_bytes());
+    if let Some(script) = script {
+        hasher.update([0]);
+        hasher.update(script.source.as_bytes());
+    }
+    let digest = hasher.finalize();
+    u64::from_le_bytes(
+        digest[..8]
+            .try_into()
+            .expect("a SHA-256 digest has 32 bytes"),
+    )
 }
 
 /// How often a journaled run checks for a stop request.

@@ -222,21 +222,41 @@ impl Runtime {
     /// prepare it for instantiation.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Arc<Workflow>, LoadError> {
         let hash = hex(&Sha256::digest(bytes));
+        self.load_hashed(name, bytes, &hash)
+    }
+
+    /// [`Runtime::load`] for bytes whose SHA-256 (hex) is already known — a bundled component
+    /// whose hash is checked at build time — which saves hashing a large component at every start.
+    pub fn load_hashed(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        hash: &str,
+    ) -> Result<Arc<Workflow>, LoadError> {
+        let hash = hash.to_string();
         if let Some(workflow) = self.lock_loaded().get(&hash) {
             return Ok(Arc::clone(workflow));
         }
         check_component_header(name, bytes)?;
+        let embedded_script =
+            crate::artifact::embedded_script(bytes).map_err(|error| LoadError::Invalid {
+                name: name.to_string(),
+                message: error.to_string(),
+            })?;
         // Compile without an embedded script, so every built script shares the runtime's code.
-        let code = crate::artifact::without_script(bytes).map_err(|error| LoadError::Invalid {
-            name: name.to_string(),
-            message: error.to_string(),
-        })?;
-        let code_hash = if code.len() == bytes.len() {
-            hash.clone()
+        let stripped;
+        let (code, code_hash) = if embedded_script.is_some() {
+            stripped =
+                crate::artifact::without_script(bytes).map_err(|error| LoadError::Invalid {
+                    name: name.to_string(),
+                    message: error.to_string(),
+                })?;
+            let code_hash = hex(&Sha256::digest(&stripped));
+            (stripped.as_slice(), code_hash)
         } else {
-            hex(&Sha256::digest(&code))
+            (bytes, hash.clone())
         };
-        let (component, compiled_from_cache) = self.compile(name, &code, &code_hash)?;
+        let (component, compiled_from_cache) = self.compile(name, code, &code_hash)?;
 
         let ty = component.component_type();
         let imports: Vec<String> = ty
@@ -247,11 +267,6 @@ impl Runtime {
             .exports(&self.engine)
             .map(|(export, _)| export.to_string())
             .collect();
-        let embedded_script =
-            crate::artifact::embedded_script(bytes).map_err(|error| LoadError::Invalid {
-                name: name.to_string(),
-                message: error.to_string(),
-            })?;
         host::wasi::check_imports(imports.iter().map(String::as_str)).map_err(|message| {
             LoadError::ForbiddenImport {
                 name: name.to_string(),

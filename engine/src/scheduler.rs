@@ -15,7 +15,7 @@ use crate::agent_loop::{
     AgentContext, AgentError, AgentOutput, AgentRequest, SharedPrefixes, run_agent_sharing,
 };
 use crate::events::{EventSink, RunEvent};
-use crate::journal::{Journal, ReplayPlan, call_key};
+use crate::journal::{Journal, ReplayPlan, describe_call};
 use crate::provider::Usage;
 
 /// The outcome of one agent call.
@@ -143,14 +143,14 @@ impl AgentScheduler {
                 .context
                 .provider
                 .resolve_model(request.model.as_deref());
-            let key = call_key(&request, &model);
-            record
-                .journal
-                .call_queued(&record.run_id, id, &key, &request, &model);
+            let described = describe_call(&request, &model);
             let replayed = record
                 .replay
                 .as_mut()
-                .and_then(|plan| plan.answer(id, &key));
+                .and_then(|plan| plan.answer(id, &described.0));
+            record
+                .journal
+                .call_queued(&record.run_id, id, described, &request, &model);
             (record.journal.clone(), record.run_id.clone(), replayed)
         });
         let journal = match journal {

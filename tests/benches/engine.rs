@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 use engine::agent_loop::{AgentContext, AgentRequest};
 use engine::budget::BudgetLedger;
 use engine::events::NoEvents;
+use engine::journal::{Journal, NewRun, ReplayPlan, ReusePolicy};
 use engine::provider::sim::SimProvider;
 use engine::scheduler::AgentScheduler;
+use engine::scheduler::CallJournal;
 use engine::{RunLimits, RunOptions, Runtime, RuntimeConfig, Workflow};
 use serde_json::json;
 use tests::guests::guest_path;
@@ -53,6 +55,41 @@ fn main() {
     let engine = median(&mut engine_times);
     let baseline = median(&mut baseline_times);
     let overhead = engine.saturating_sub(baseline).as_secs_f64() * 1e6 / CALLS as f64;
+
+    // Journal overhead: the same 2000 calls with and without the journal, alternated.
+    let data = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&data.path().join("journal.db")).unwrap();
+    let (mut journaled_times, mut plain_times) = (Vec::new(), Vec::new());
+    tokio.block_on(async {
+        for _ in 0..rounds {
+            plain_times.push(engine_run(&runtime, &probe, CALLS, Duration::ZERO).await);
+            journaled_times.push(
+                journaled_run(&runtime, &probe, &journal, CALLS, None)
+                    .await
+                    .0,
+            );
+        }
+    });
+    let plain = median(&mut plain_times);
+    let journaled = median(&mut journaled_times);
+    let journal_overhead = (journaled.as_secs_f64() / plain.as_secs_f64() - 1.0) * 100.0;
+
+    // Resume: a run of 1000 calls, every one answered from the journal.
+    let resume_n = 1000;
+    let mut resume_times = Vec::new();
+    tokio.block_on(async {
+        let (_, original) = journaled_run(&runtime, &probe, &journal, resume_n, None).await;
+        for _ in 0..rounds.min(5) {
+            let began = Instant::now();
+            let plan = ReplayPlan::new(
+                journal.recorded_calls(&original).unwrap(),
+                ReusePolicy::Prefix,
+            );
+            journaled_run(&runtime, &probe, &journal, resume_n, Some(plan)).await;
+            resume_times.push(began.elapsed());
+        }
+    });
+    let resume = median(&mut resume_times);
 
     // Slot efficiency at L = 50 ms.
     let latency = Duration::from_millis(50);
@@ -107,6 +144,15 @@ fn main() {
     );
     println!("| host overhead per agent call | {overhead:.2} µs | ≤ 20 µs |");
     println!(
+        "| {CALLS} calls at 0 ms without / with the journal | {:.2} ms / {:.2} ms = {journal_overhead:+.1} % | ≤ 5 % |",
+        ms(plain),
+        ms(journaled)
+    );
+    println!(
+        "| resume of {resume_n} completed calls (read journal + replay run) | {:.2} ms | ≤ 200 ms |",
+        ms(resume)
+    );
+    println!(
         "| timer-delivered latency L' for 50 ms | {:.2} ms | |",
         ms(delivered)
     );
@@ -151,6 +197,41 @@ async fn engine_run(runtime: &Runtime, probe: &Workflow, n: u64, latency: Durati
         serde_json::from_str(report.outcome.as_ref().expect("the run succeeds")).unwrap();
     assert_eq!(result["ok"], n);
     elapsed
+}
+
+async fn journaled_run(
+    runtime: &Runtime,
+    probe: &Workflow,
+    journal: &Journal,
+    n: u64,
+    replay: Option<ReplayPlan>,
+) -> (Duration, String) {
+    let began = Instant::now();
+    let args = json!({"mode": "fanout", "n": n});
+    let run_id = journal
+        .begin_run(NewRun {
+            workflow: "probe.wasm".into(),
+            workflow_hash: probe.hash().into(),
+            script: None,
+            args: args.to_string(),
+            limits: json!({}),
+            root: None,
+            provider: "sim".into(),
+            resumed_from: None,
+            argv: Vec::new(),
+            cwd: String::new(),
+        })
+        .unwrap();
+    let mut run_options = options(args, Duration::ZERO);
+    run_options.journal = Some(CallJournal {
+        journal: journal.clone(),
+        run_id: run_id.clone(),
+        replay,
+    });
+    let report = runtime.run(probe, run_options).await;
+    let elapsed = began.elapsed();
+    assert!(report.outcome.is_ok());
+    (elapsed, run_id)
 }
 
 async fn scheduler_only(n: u64, latency: Duration) -> Duration {

@@ -30,6 +30,19 @@ use super::{EXIT_HOST, EXIT_LIMIT, EXIT_OVER_BUDGET, EXIT_STOPPED, EXIT_WORKFLOW
 /// The JavaScript runtime component, bundled so that `corral run x.js` needs nothing else. Built
 /// from `guest-sdk/js-runtime` (see its `build.sh`); CI checks the bytes match the source.
 pub const JS_RUNTIME: &[u8] = include_bytes!("../../../guest-sdk/js-runtime/js_runtime.wasm");
+/// SHA-256 of [`JS_RUNTIME`], committed beside it (and checked by a test), so that starting a
+/// script does not hash 1.2 MB first.
+pub const JS_RUNTIME_SHA256: &str =
+    include_str!("../../../guest-sdk/js-runtime/js_runtime.wasm.sha256");
+
+/// Loads the bundled JavaScript runtime.
+pub fn load_js_runtime(runtime: &Runtime) -> Result<Arc<Workflow>, engine::LoadError> {
+    let hash = JS_RUNTIME_SHA256
+        .split_whitespace()
+        .next()
+        .unwrap_or_default();
+    runtime.load_hashed("js_runtime.wasm", JS_RUNTIME, hash)
+}
 
 #[derive(Args, Clone)]
 pub struct RunArgs {
@@ -166,9 +179,10 @@ pub fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
             .clone()
             .or_else(engine::runtime::default_cache_dir)
     };
+    // One process, one run (plus a plan): a small instance pool starts faster.
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir,
-        ..RuntimeConfig::default()
+        max_live_runs: 4,
     })?;
     let (workflow, script) = load_workflow(&runtime, &args.workflow, args.runtime.as_ref())?;
     Ok(Prepared {
@@ -208,7 +222,7 @@ pub fn load_workflow(
     };
     let workflow = match script_runtime {
         Some(component) => runtime.load_file(component)?,
-        None => runtime.load("js_runtime.wasm", JS_RUNTIME)?,
+        None => load_js_runtime(runtime)?,
     };
     Ok((workflow, Some(script)))
 }
@@ -460,4 +474,21 @@ pub fn limits(args: &RunArgs) -> anyhow::Result<RunLimits> {
             max_output_bytes: args.max_output_bytes,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    #[test]
+    fn the_bundled_runtime_matches_its_committed_hash() {
+        let hash: String = Sha256::digest(super::JS_RUNTIME)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            super::JS_RUNTIME_SHA256.split_whitespace().next(),
+            Some(hash.as_str())
+        );
+    }
 }

@@ -5,8 +5,13 @@
 //! libc starts but no file exists. Not linked: sockets, HTTP, anything else; a component that
 //! imports them is refused at load time (see [`check_imports`]).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use wasmtime::component::Linker;
+use wasmtime_wasi::cli::StdoutStream;
 use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random};
+use wasmtime_wasi::{Deterministic, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder};
 
 use super::RunState;
 
@@ -42,6 +47,77 @@ pub(crate) const ALLOWED_CORRAL: &[&str] = &[
     "corral:workflow/progress",
     "corral:workflow/budget",
 ];
+
+/// Where every run's virtual wall clock starts: 2025-01-01T00:00:00Z.
+pub(crate) const VIRTUAL_EPOCH: Duration = Duration::from_secs(1_735_689_600);
+
+/// The WASI context of one run: stdio captured, an empty environment, and clocks and random
+/// numbers that are virtual and seeded from `seed`, so that replaying a run (same workflow, same
+/// arguments) shows the guest the same times and the same random bytes.
+pub(crate) fn run_ctx(
+    seed: u64,
+    stdout: impl StdoutStream + 'static,
+    stderr: impl StdoutStream + 'static,
+) -> WasiCtx {
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .stdout(stdout)
+        .stderr(stderr)
+        .wall_clock(VirtualClock::default())
+        .monotonic_clock(VirtualClock::default())
+        .secure_random(Deterministic::new(random_bytes(seed, 4096)))
+        .insecure_random(Deterministic::new(random_bytes(seed ^ 0x5bd1_e995, 4096)))
+        .insecure_random_seed(u128::from(seed) << 64 | u128::from(seed.rotate_left(17)));
+    builder.build()
+}
+
+/// A clock that advances one microsecond per reading, from [`VIRTUAL_EPOCH`] (wall) or zero
+/// (monotonic): time moves forward, deterministically.
+#[derive(Default)]
+struct VirtualClock {
+    readings: AtomicU64,
+}
+
+impl VirtualClock {
+    fn tick(&self) -> u64 {
+        self.readings.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+impl HostWallClock for VirtualClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_micros(1)
+    }
+
+    fn now(&self) -> Duration {
+        VIRTUAL_EPOCH + Duration::from_micros(self.tick())
+    }
+}
+
+impl HostMonotonicClock for VirtualClock {
+    fn resolution(&self) -> u64 {
+        1_000
+    }
+
+    fn now(&self) -> u64 {
+        self.tick() * 1_000
+    }
+}
+
+/// `count` bytes of SplitMix64 output from `seed`.
+fn random_bytes(seed: u64, count: usize) -> Vec<u8> {
+    let mut state = seed;
+    let mut bytes = Vec::with_capacity(count + 8);
+    while bytes.len() < count {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        bytes.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    bytes.truncate(count);
+    bytes
+}
 
 /// Refuses a component whose imports leave the allowed set, naming the first offending import.
 pub(crate) fn check_imports<'a>(imports: impl IntoIterator<Item = &'a str>) -> Result<(), String> {
@@ -138,6 +214,20 @@ mod tests {
             "wasi:filesystem/preopens@0.2.0",
         ])
         .unwrap();
+    }
+
+    #[test]
+    fn virtual_clocks_move_forward_from_the_virtual_epoch() {
+        let clock = super::VirtualClock::default();
+        let first = wasmtime_wasi::HostWallClock::now(&clock);
+        let second = wasmtime_wasi::HostWallClock::now(&clock);
+        assert!(first > super::VIRTUAL_EPOCH && second > first);
+    }
+
+    #[test]
+    fn random_bytes_depend_only_on_the_seed() {
+        assert_eq!(super::random_bytes(7, 64), super::random_bytes(7, 64));
+        assert_ne!(super::random_bytes(7, 64), super::random_bytes(8, 64));
     }
 
     #[test]

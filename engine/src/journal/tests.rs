@@ -52,8 +52,8 @@ fn a_run_and_its_calls_round_trip() {
     let journal = Journal::open(&dir.path().join("journal.db")).unwrap();
     let run = journal.begin_run(new_run()).unwrap();
     for (seq, prompt) in [(1, "a"), (2, "b")] {
-        let key = call_key(&request(prompt), "sim-default");
-        journal.call_queued(&run, seq, &key, &request(prompt), "sim-default");
+        let described = describe_call(&request(prompt), "sim-default");
+        journal.call_queued(&run, seq, described, &request(prompt), "sim-default");
         journal.call_started(&run, seq);
     }
     journal.call_finished(&run, 1, &Ok(output("first")), false);

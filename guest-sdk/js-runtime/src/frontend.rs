@@ -215,13 +215,16 @@ fn check_meta_fields(meta: &Value, pos: Pos) -> Result<(), CheckError> {
     let Some(object) = meta.as_object() else {
         return fail("meta must be an object literal".to_owned());
     };
-    for field in ["name", "description"] {
+    for (field, what) in [
+        ("name", "a short kebab-case name, such as 'review-changes'"),
+        ("description", "one sentence saying what the workflow does"),
+    ] {
         match object.get(field) {
             Some(Value::String(s)) if !s.trim().is_empty() => {}
             Some(Value::String(_)) => {
-                return fail(format!("meta.{field} must not be empty"));
+                return fail(format!("meta.{field} must not be empty: write {what}"));
             }
-            Some(_) => return fail(format!("meta.{field} must be a string")),
+            Some(_) => return fail(format!("meta.{field} must be a string: {what}")),
             None => {
                 return fail(format!(
                     "meta.{field} is required: meta needs `name` (a short kebab-case name) and \
@@ -432,9 +435,22 @@ pub fn typescript_hint(source: &str) -> Option<Pos> {
             || tokens[i - 1].is_punct(source, "}")
             || tokens[i - 1].is_punct(source, "{");
         let hit = match t.text(source) {
-            // `const x: T`, `let x: T`
+            // `const x: T`, `let x: T`: the annotation's `:` is where to look.
             "const" | "let" | "var" if t.kind == Kind::Ident => {
-                ident_next && after.is_some_and(|a| a.is_punct(source, ":"))
+                if ident_next && after.is_some_and(|a| a.is_punct(source, ":")) {
+                    return after.map(|a| a.pos);
+                }
+                false
+            }
+            // `(x: T` — a parameter's type; `(label: ...` is never JavaScript.
+            "(" if t.kind == Kind::Punct => {
+                if ident_next
+                    && after.is_some_and(|a| a.is_punct(source, ":"))
+                    && tokens.get(i + 3).is_some_and(|b| b.kind == Kind::Ident)
+                {
+                    return after.map(|a| a.pos);
+                }
+                false
             }
             // `interface Foo {`, `type Foo =`, `enum Foo {`
             "interface" | "enum" if t.kind == Kind::Ident && statement_start => ident_next,
@@ -451,11 +467,15 @@ pub fn typescript_hint(source: &str) -> Option<Pos> {
             }
             // `): Promise<T> {` — a return type
             ")" if t.kind == Kind::Punct => {
-                next.is_some_and(|n| n.is_punct(source, ":"))
+                if next.is_some_and(|n| n.is_punct(source, ":"))
                     && after.is_some_and(|a| a.kind == Kind::Ident)
                     && tokens
                         .get(i + 3)
                         .is_some_and(|b| b.is_punct(source, "{") || b.is_punct(source, "<"))
+                {
+                    return next.map(|n| n.pos);
+                }
+                false
             }
             _ => false,
         };

@@ -16,6 +16,7 @@
 //! through the imports of the WIT world, behind the [`host::Host`] trait.
 
 pub mod frontend;
+pub mod heap;
 pub mod host;
 pub mod lexer;
 pub mod script;

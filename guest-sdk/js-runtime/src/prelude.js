@@ -155,11 +155,62 @@
     },
   });
 
-  async function workflow(nameOrPath) {
-    throw new Error(
-      `workflow(${JSON.stringify(String(nameOrPath))}) is not supported yet by the JavaScript runtime; ` +
-        "copy the other workflow's steps into this script",
+  // A name (`review-changes`) is looked up as a file of the run's root, in this order; a path
+  // (with a `/` or ending in `.js`) is read as it is.
+  const workflowPaths = (nameOrPath) =>
+    nameOrPath.includes('/') || /\.[cm]?js$/.test(nameOrPath)
+      ? [nameOrPath]
+      : [`workflows/${nameOrPath}.js`, `${nameOrPath}.js`];
+
+  // The run's arguments of a nested workflow: a JSON copy, as `args` of a run would be.
+  const jsonCopy = (value, what) => {
+    if (value === undefined) return undefined;
+    let json;
+    try {
+      json = JSON.stringify(value);
+    } catch (e) {
+      throw new TypeError(`${what} must be JSON-serialisable: ${format(e)}`);
+    }
+    return json === undefined ? undefined : JSON.parse(json);
+  };
+
+  // Rule 12: the other workflow's script is read from the run's root through the host (the
+  // runtime has no filesystem), checked like any script, and run in its own function scope with
+  // its own `args`; it shares the globals, and with them the run's caps and budget. Its
+  // `workflow` is `nested`, so it cannot start another one.
+  async function workflow(nameOrPath, args) {
+    string(nameOrPath, 'workflow(nameOrPath, args): nameOrPath');
+    const copy = jsonCopy(args, 'workflow(nameOrPath, args): args');
+    const paths = workflowPaths(nameOrPath);
+    let make;
+    for (const path of paths) {
+      try {
+        make = native.loadWorkflow(path);
+        break;
+      } catch (e) {
+        if (e?.code !== 'not-found') throw e;
+      }
+    }
+    if (make === undefined) {
+      const error = new Error(
+        `workflow(${JSON.stringify(nameOrPath)}): no such workflow in the run's root ` +
+          `(looked for ${paths.join(', ')}); pass a path relative to the root, such as 'workflows/name.js'`,
+      );
+      error.name = 'WorkflowError';
+      error.code = 'not-found';
+      throw error;
+    }
+    return make(copy, nested)();
+  }
+
+  async function nested(nameOrPath) {
+    const error = new Error(
+      `workflow(${JSON.stringify(String(nameOrPath))}): workflows nest one level only, and this ` +
+        'script already runs inside workflow(); start it from the top-level workflow instead',
     );
+    error.name = 'WorkflowError';
+    error.code = 'nesting';
+    throw error;
   }
 
   // ---- Rule 13: tools -------------------------------------------------------------------------

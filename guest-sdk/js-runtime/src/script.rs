@@ -17,7 +17,8 @@ use crate::bindings::corral::workflow::agents::{
     AgentError, AgentOptions, CallId, Completion, Effort,
 };
 use crate::bindings::corral::workflow::tools::{GrepOptions, ToolError};
-use crate::frontend::{self, CheckError};
+use crate::frontend::{self, CheckError, Prepared};
+use crate::heap::{HeapAllocator, HeapMeter};
 use crate::host::Host;
 
 /// Limits of the JavaScript engine inside the component. The host's own memory limit must leave
@@ -25,7 +26,8 @@ use crate::host::Host;
 /// much gets a catchable JavaScript error rather than a trap.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// QuickJS heap limit in bytes; past it, allocations throw `InternalError: out of memory`.
+    /// QuickJS heap limit in bytes; past it, allocations throw `InternalError: out of memory`
+    /// (building that error may use up to [`crate::heap::RESERVE`] more).
     pub memory: usize,
     /// QuickJS stack limit in bytes; past it, calls throw `RangeError`. It must stay below the
     /// component's shadow stack (1 MiB, Rust's default for wasm32).
@@ -46,21 +48,23 @@ const PRELUDE_NAME: &str = "corral:prelude";
 /// The prelude: the JavaScript half of the workflow API.
 const PRELUDE: &str = include_str!("prelude.js");
 
-/// The script body is compiled inside this, on the same line as its first line, so that only
-/// columns of line 1 move (and [`fix_positions`] moves them back).
-const WRAP_START: &str = "(async function () { 'use strict'; ";
-/// Closes the function; on a line of its own so that a trailing `//` comment cannot swallow it.
-const WRAP_END: &str = "\n})";
+/// A script body (the workflow's, or a nested one's from `workflow()`) is compiled inside this,
+/// on the same line as its first line, so that only columns of line 1 move (and
+/// [`fix_positions`] moves them back). The outer function gives the body its own `args` and
+/// `workflow` (a nested workflow's cannot nest again); the body is a separate function so that it
+/// may still declare either name.
+const WRAP_START: &str = "(function (args, workflow) { return async function () { 'use strict'; ";
+/// Closes both functions; on a line of its own so that a trailing `//` comment cannot swallow it.
+const WRAP_END: &str = "\n} })";
 
 /// A compiled workflow script, ready to run once.
 pub struct Workflow {
     name: String,
-    /// The compiled script: an async function of no arguments.
+    /// The compiled script: `(args, workflow) => async () => body` (see [`WRAP_START`]).
     main: Persistent<Function<'static>>,
     /// The prelude's `settle(id, ok, value)`.
     settle: Persistent<Function<'static>>,
     state: Rc<State>,
-    limits: Limits,
     // The context and the runtime go last: fields drop in order, and the persistent values above
     // must be released while the runtime still exists.
     context: Context,
@@ -70,6 +74,8 @@ pub struct Workflow {
 /// What the native functions share with the event loop.
 struct State {
     host: Rc<dyn Host>,
+    /// The QuickJS heap's use, for naming an out-of-memory error that lost its message.
+    heap: Rc<HeapMeter>,
     /// Whether `run` has started; host calls are refused before it (at load time).
     running: Cell<bool>,
     /// Agent calls started and not yet handed back by `wait`, with the label they were given.
@@ -90,12 +96,15 @@ impl Workflow {
         limits: Limits,
     ) -> Result<Workflow, Failure> {
         let prepared = frontend::prepare(source).map_err(|errors| check_errors(name, &errors))?;
-        let runtime = Runtime::new().map_err(|e| format!("cannot start QuickJS: {e}"))?;
-        runtime.set_memory_limit(limits.memory);
+        // The heap limit is enforced by the allocator, not by QuickJS (see `heap`).
+        let heap = HeapMeter::new(limits.memory);
+        let runtime = Runtime::new_with_alloc(HeapAllocator::new(heap.clone()))
+            .map_err(|e| format!("cannot start QuickJS: {e}"))?;
         runtime.set_max_stack_size(limits.stack);
         let context = Context::full(&runtime).map_err(|e| format!("cannot start QuickJS: {e}"))?;
         let state = Rc::new(State {
             host,
+            heap,
             running: Cell::new(false),
             pending: RefCell::new(BTreeMap::new()),
             warned: RefCell::new(BTreeSet::new()),
@@ -111,25 +120,8 @@ impl Workflow {
                 .map_err(|e| internal(&ctx, e, name))?;
             let settle: Function = api.get("settle").map_err(|e| internal(&ctx, e, name))?;
 
-            let wrapped = format!("{WRAP_START}{}{WRAP_END}", prepared.body);
-            let main: Value = ctx
-                .eval_with_options(wrapped.as_str(), eval_options(name))
-                .map_err(|e| compile_error(&ctx, e, name, source, prepared.lex_error.as_ref()))?;
-            // A script with an unmatched `}` could close the wrapper early; it would then not be
-            // the one function compiled from the whole text.
-            let whole = main
-                .as_function()
-                .and_then(source_text)
-                .is_some_and(|text| text == wrapped[1..wrapped.len() - 1]);
-            if !whole {
-                let hint = prepared.lex_error.as_ref().map_or_else(
-                    || "1:1: the script's brackets do not balance".to_owned(),
-                    ToString::to_string,
-                );
-                return Err(format!("{name}:{hint}"));
-            }
-            let main = main.into_function().expect("checked above");
-            Ok((Persistent::save(&ctx, main), Persistent::save(&ctx, settle)))
+            let main = compile(&ctx, name, source, &prepared)?;
+            Ok::<_, Failure>((Persistent::save(&ctx, main), Persistent::save(&ctx, settle)))
         })?;
 
         Ok(Workflow {
@@ -137,7 +129,6 @@ impl Workflow {
             main,
             settle,
             state,
-            limits,
             context,
             runtime,
         })
@@ -155,17 +146,24 @@ impl Workflow {
                 "" | "null" => Value::new_undefined(ctx.clone()),
                 json => ctx
                     .json_parse(json)
-                    .map_err(|e| format!("args are not valid JSON: {}", caught(&ctx, e, name)))?,
+                    .map_err(|e| format!("args are not valid JSON: {}", caught(&ctx, e)))?,
             };
             ctx.globals()
-                .set("args", args)
+                .set("args", args.clone())
+                .map_err(|e| internal(&ctx, e, name))?;
+            let workflow: Value = ctx
+                .globals()
+                .get("workflow")
                 .map_err(|e| internal(&ctx, e, name))?;
             let main = self
                 .main
                 .clone()
                 .restore(&ctx)
                 .map_err(|e| internal(&ctx, e, name))?;
-            let promise: Promise = main.call(()).map_err(|e| self.uncaught(&ctx, e))?;
+            let body: Function = main
+                .call((args, workflow))
+                .map_err(|e| internal(&ctx, e, name))?;
+            let promise: Promise = body.call(()).map_err(|e| self.uncaught(&ctx, e))?;
             Ok::<_, Failure>(Persistent::save(&ctx, promise))
         })?;
 
@@ -190,7 +188,7 @@ impl Workflow {
                     Err(job) => {
                         return Err(job.0.with(|ctx| {
                             let value = ctx.catch();
-                            describe(&ctx, &value, &self.name, self.limits)
+                            describe(&ctx, &value, Some(&self.state.heap))
                         }));
                     }
                 }
@@ -302,7 +300,7 @@ impl Workflow {
         match error {
             rquickjs::Error::Exception => {
                 let value = ctx.catch();
-                describe(ctx, &value, &self.name, self.limits)
+                describe(ctx, &value, Some(&self.state.heap))
             }
             other => format!("{}: {other}", self.name),
         }
@@ -332,7 +330,7 @@ fn result_json<'js>(ctx: &Ctx<'js>, value: Value<'js>, name: &str) -> Result<Str
         Ok(None) => Ok("null".to_owned()),
         Err(e) => Err(format!(
             "{name}: the workflow's result cannot be turned into JSON: {}",
-            caught(ctx, e, name)
+            caught(ctx, e)
         )),
     }
 }
@@ -341,19 +339,50 @@ fn result_json<'js>(ctx: &Ctx<'js>, value: Value<'js>, name: &str) -> Result<Str
 fn internal(ctx: &Ctx<'_>, error: rquickjs::Error, name: &str) -> Failure {
     format!(
         "{name}: internal error in the JavaScript runtime: {}",
-        caught(ctx, error, name)
+        caught(ctx, error)
     )
 }
 
 /// A QuickJS error as text; for an exception, the exception itself.
-fn caught(ctx: &Ctx<'_>, error: rquickjs::Error, name: &str) -> String {
+fn caught(ctx: &Ctx<'_>, error: rquickjs::Error) -> String {
     match error {
         rquickjs::Error::Exception => {
             let value = ctx.catch();
-            describe(ctx, &value, name, Limits::default())
+            describe(ctx, &value, None)
         }
         other => other.to_string(),
     }
+}
+
+/// Compiles a script body that passed the front end inside [`WRAP_START`]..[`WRAP_END`], and
+/// returns the outer function, `(args, workflow) => async () => body`.
+fn compile<'js>(
+    ctx: &Ctx<'js>,
+    name: &str,
+    source: &str,
+    prepared: &Prepared,
+) -> Result<Function<'js>, Failure> {
+    let wrapped = format!("{WRAP_START}{}{WRAP_END}", prepared.body);
+    let main: Value = ctx
+        .eval_with_options(wrapped.as_str(), eval_options(name))
+        .map_err(|e| compile_error(ctx, e, name, source, prepared.lex_error.as_ref()))?;
+    // A script with an unmatched `}` could close the wrapper early; it would then not be the one
+    // function compiled from the whole text.
+    let whole = main
+        .as_function()
+        .and_then(source_text)
+        .is_some_and(|text| text == wrapped[1..wrapped.len() - 1]);
+    if !whole {
+        let hint = prepared.lex_error.as_ref().map_or_else(
+            || {
+                "1:1: the script's brackets do not balance: a `}` closes more than was opened"
+                    .to_owned()
+            },
+            ToString::to_string,
+        );
+        return Err(format!("{name}:{hint}"));
+    }
+    Ok(main.into_function().expect("checked above"))
 }
 
 /// The message `load` returns for problems the front end found.
@@ -406,7 +435,7 @@ fn compile_error(
         ),
     };
     // QuickJS puts the position of a syntax error in the stack: `    at name:line:column`.
-    let stack = fix_positions(&stack, name);
+    let stack = fix_positions(&stack);
     let position = stack
         .lines()
         .filter_map(|line| line.trim().strip_prefix("at "))
@@ -415,7 +444,21 @@ fn compile_error(
                 .and_then(|rest| rest.strip_prefix(':'))
         })
         .map(|p| p.trim_end_matches(')').to_owned());
+    // The lines after the script's are the wrapper's (`WRAP_END`): QuickJS got there looking for
+    // the end of something the script left open. Name the end of the script instead.
+    let last_line = source.split('\n').count();
+    let past_end = position
+        .as_deref()
+        .and_then(|p| p.split(':').next()?.parse::<usize>().ok())
+        .is_some_and(|line| line > last_line);
     let mut out = match position {
+        Some(_) if past_end => {
+            let column = source.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!(
+                "{name}:{last_line}:{column}: {kind}: the script ends too early: a bracket, \
+                 string, template or statement is still open"
+            )
+        }
         Some(p) => format!("{name}:{p}: {kind}: {message}"),
         None => format!("{name}: {kind}: {message}"),
     };
@@ -432,12 +475,14 @@ fn compile_error(
     out
 }
 
-/// Undoes the shift [`WRAP_START`] gives the columns of line 1 in `name:1:column` positions.
-fn fix_positions(text: &str, name: &str) -> String {
-    let needle = format!("{name}:1:");
+/// Undoes the shift [`WRAP_START`] gives the columns of line 1 in `file:1:column` positions. Every
+/// file but the prelude (whose frames are left out) is compiled inside it, so every `:1:` is
+/// shifted; a larger line number cannot contain `:1:`.
+fn fix_positions(text: &str) -> String {
+    let needle = ":1:";
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(at) = rest.find(&needle) {
+    while let Some(at) = rest.find(needle) {
         let (before, after) = rest.split_at(at + needle.len());
         out.push_str(before);
         let digits = after.bytes().take_while(u8::is_ascii_digit).count();
@@ -455,7 +500,17 @@ fn fix_positions(text: &str, name: &str) -> String {
 
 /// Describes a thrown value for the host: `Name [code]: message` and the stack, without the
 /// prelude's frames.
-fn describe<'js>(ctx: &Ctx<'js>, value: &Value<'js>, name: &str, limits: Limits) -> String {
+///
+/// `heap` is the script's heap when the error comes from the script: QuickJS throws `null` when
+/// it cannot even allocate its out-of-memory error, and a `null` after the heap refused memory is
+/// reported as that error.
+fn describe<'js>(ctx: &Ctx<'js>, value: &Value<'js>, heap: Option<&HeapMeter>) -> String {
+    if let Some(heap) = heap
+        && value.is_null()
+        && heap.ever_refused()
+    {
+        return format!("InternalError: out of memory{}", out_of_memory_hint(heap));
+    }
     let Some(object) = value.as_object().filter(|_| value.is_error()) else {
         return format!("uncaught exception: {}", format_value(ctx, value));
     };
@@ -474,18 +529,22 @@ fn describe<'js>(ctx: &Ctx<'js>, value: &Value<'js>, name: &str, limits: Limits)
         None => format!("{kind}: {message}"),
     };
     if kind == "InternalError" && message == "out of memory" {
-        let _ = write!(
-            out,
-            " (the script's JavaScript heap is limited to {} MiB; keep fewer or smaller values alive)",
-            limits.memory >> 20
-        );
+        out.push_str(&heap.map(out_of_memory_hint).unwrap_or_default());
     } else if kind == "RangeError" && message.contains("call stack") {
         out.push_str(" (a recursion that never ends, or one too deep: use a loop)");
     }
     if let Some(stack) = get("stack") {
-        push_stack(&mut out, &fix_positions(&stack, name));
+        push_stack(&mut out, &fix_positions(&stack));
     }
     out
+}
+
+/// What to do about an out-of-memory error.
+fn out_of_memory_hint(heap: &HeapMeter) -> String {
+    format!(
+        " (the script's JavaScript heap is limited to {} MiB; keep fewer or smaller values alive)",
+        heap.limit() >> 20
+    )
 }
 
 /// Appends the frames of `stack` to `out`, leaving out the prelude's and folding runs of one
@@ -604,14 +663,52 @@ fn natives<'js>(ctx: &Ctx<'js>, state: &Rc<State>) -> rquickjs::Result<Object<'j
                     }
                     Err(error) => {
                         let (code, reason) = agent_error_parts(&error);
+                        // The host says what is wrong with a schema; say where to fix it.
+                        let schema_error = matches!(error, AgentError::InvalidInput(_))
+                            && options.schema.is_some()
+                            && reason.contains("schema");
+                        let hint = if !schema_error {
+                            ""
+                        } else if reason.contains("can never be satisfied") {
+                            "; change opts.schema so that at least one object satisfies it (no \
+                             agent was started)"
+                        } else {
+                            " (in opts.schema; no agent was started)"
+                        };
                         Err(throw_host_error(
                             &ctx,
                             "AgentError",
                             code,
-                            &format!("agent() failed: {reason}"),
+                            &format!("agent() failed: {reason}{hint}"),
                         ))
                     }
                 }
+            },
+        )?,
+    )?;
+
+    let s = state.clone();
+    natives.set(
+        "loadWorkflow",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, path: String| -> rquickjs::Result<Function<'js>> {
+                require_running(&ctx, &s, "workflow()")?;
+                let what = format!("workflow({path:?})");
+                let source = s.host.read(&path).map_err(|e| tool_error(&ctx, &what, e))?;
+                let refused = |message: String| {
+                    throw_host_error(
+                        &ctx,
+                        "WorkflowError",
+                        "invalid-script",
+                        &format!(
+                            "{what}: the workflow cannot run; fix it and try again:\n{message}"
+                        ),
+                    )
+                };
+                let prepared = frontend::prepare(&source)
+                    .map_err(|errors| refused(check_errors(&path, &errors)))?;
+                compile(&ctx, &path, &source, &prepared).map_err(refused)
             },
         )?,
     )?;

@@ -5,7 +5,9 @@
 mod cli;
 mod guests_used;
 mod journal;
+mod js_workflows;
 mod limits;
 mod providers;
 mod runs;
+mod script_api;
 mod tools;

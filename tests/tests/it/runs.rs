@@ -276,3 +276,36 @@ async fn the_audit_workflow_runs_over_a_real_directory() {
     assert!(report.agents.started >= 3, "{:?}", report.agents);
     assert_eq!(report.agents.failed_total(), 0);
 }
+
+#[tokio::test]
+async fn clocks_and_random_numbers_are_virtual_and_replay_identically() {
+    let first = result(
+        &Run::new(json!({"mode": "entropy"}))
+            .run(&workflow("probe"))
+            .await,
+    );
+    let second = result(
+        &Run::new(json!({"mode": "entropy"}))
+            .run(&workflow("probe"))
+            .await,
+    );
+    assert_eq!(
+        first, second,
+        "the same workflow and arguments see the same time and randomness"
+    );
+    // The virtual wall clock starts at 2025-01-01T00:00:00Z, not at the host's time.
+    let wall = first["wall_micros"].as_u64().unwrap();
+    assert!(
+        (1_735_689_600_000_000..1_735_689_601_000_000).contains(&wall),
+        "{first}"
+    );
+    let other = result(
+        &Run::new(json!({"mode": "entropy", "salt": 1}))
+            .run(&workflow("probe"))
+            .await,
+    );
+    assert_ne!(
+        first["random_hash"], other["random_hash"],
+        "other arguments, other seed"
+    );
+}

@@ -217,7 +217,7 @@ fn string_escapes_in_meta() {
 fn typescript_is_recognised() {
     assert_eq!(
         typescript_hint("const x: number = 1"),
-        Some(Pos { line: 1, column: 1 })
+        Some(Pos { line: 1, column: 8 })
     );
     assert_eq!(
         typescript_hint("let a = 1\ninterface Foo { a: string }"),
@@ -236,6 +236,13 @@ fn typescript_is_recognised() {
     );
     assert_eq!(
         typescript_hint("function f(a): string { }"),
+        Some(Pos {
+            line: 1,
+            column: 14
+        })
+    );
+    assert_eq!(
+        typescript_hint("function f(a: string) { }"),
         Some(Pos {
             line: 1,
             column: 13

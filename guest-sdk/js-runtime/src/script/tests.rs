@@ -284,10 +284,20 @@ fn rule_03_imports_typescript_and_syntax_errors_fail_before_running() {
 
     let error = err("const x = 1\nconst y = (1 + ;\n");
     assert!(error.starts_with("test.js:2:16: SyntaxError:"), "{error}");
+    // QuickJS stops in the wrapper after the script: the error names the script's end.
+    let error = err("if (x) {\n  log(1)\n");
+    assert!(
+        error.starts_with("test.js:3:1: SyntaxError: the script ends too early"),
+        "{error}"
+    );
+    assert!(
+        error.contains("test.js:1:8: this `{` is never closed"),
+        "{error}"
+    );
     let error = err("const x: number = 1");
     assert!(error.starts_with("test.js:1:8: SyntaxError:"), "{error}");
     assert!(
-        error.contains("test.js:1:1: this looks like TypeScript"),
+        error.contains("test.js:1:8: this looks like TypeScript"),
         "{error}"
     );
     assert!(host.events().is_empty());
@@ -575,13 +585,88 @@ fn rule_11_budget() {
     );
 }
 
+/// A host whose root holds `workflows/child.js` (returns its args and an agent's answer),
+/// `nests.js` (tries to start another workflow) and `broken.js` (an `import`).
+fn host_with_workflows() -> Rc<FakeHost> {
+    let mut fake = FakeHost::new(echo());
+    fake.files.insert(
+        "workflows/child.js",
+        "export const meta = { name: 'child', description: 'd' }\n\
+         const answer = await agent(`child ${args.n}`)\n\
+         return { args, answer, meta: meta.name }",
+    );
+    fake.files.insert(
+        "nests.js",
+        "return await workflow('workflows/child.js', { n: 1 })",
+    );
+    fake.files.insert("broken.js", "\nimport x from 'y'");
+    fake.files
+        .insert("throws.js", "\nthrow new Error('child failed')");
+    Rc::new(fake)
+}
+
 #[test]
-fn rule_12_workflow_is_not_supported_yet() {
-    let error = err("await workflow('other.js')");
+fn rule_12_workflow_runs_another_script_inline() {
+    let host = host_with_workflows();
+    let source = "const meta = 'parent'\n\
+                  const [a, b] = await parallel([() => workflow('child', { n: 1 }), () => workflow('workflows/child.js', { n: 2 })])\n\
+                  return { a, b, args: args ?? null, meta }";
+    let result: serde_json::Value =
+        serde_json::from_str(&run_on(&host, source, "null").unwrap()).unwrap();
+    assert_eq!(
+        result,
+        serde_json::json!({
+            "a": { "args": { "n": 1 }, "answer": "echo: child 1", "meta": "child" },
+            "b": { "args": { "n": 2 }, "answer": "echo: child 2", "meta": "child" },
+            "args": null,
+            "meta": "parent",
+        })
+    );
+}
+
+#[test]
+fn rule_12_workflow_nests_one_level_only() {
+    let host = host_with_workflows();
+    let error = run_on(&host, "return await workflow('nests.js')", "null").unwrap_err();
     assert!(
-        error.contains("workflow(\"other.js\") is not supported yet"),
+        error.starts_with("WorkflowError [nesting]: workflow(\"workflows/child.js\"): workflows nest one level only"),
         "{error}"
     );
+    assert!(error.contains("(nests.js:1:"), "{error}");
+    assert!(host.events().is_empty(), "{:?}", host.events());
+}
+
+#[test]
+fn rule_12_workflow_errors_name_the_file() {
+    let host = host_with_workflows();
+    let error = run_on(&host, "await workflow('missing')", "null").unwrap_err();
+    assert!(
+        error.starts_with(
+            "WorkflowError [not-found]: workflow(\"missing\"): no such workflow in the run's root \
+             (looked for workflows/missing.js, missing.js)"
+        ),
+        "{error}"
+    );
+    let error = run_on(&host, "await workflow('broken.js')", "null").unwrap_err();
+    assert!(
+        error.contains("[invalid-script]: workflow(\"broken.js\"): the workflow cannot run; fix it and try again:\nbroken.js:2:1: `import` is not supported"),
+        "{error}"
+    );
+    let error = run_on(&host, "await workflow('throws.js')", "null").unwrap_err();
+    assert!(error.starts_with("Error: child failed\n"), "{error}");
+    assert!(error.contains("(throws.js:2:11)"), "{error}");
+    let error = run_on(&host, "await workflow('../x.js')", "null").unwrap_err();
+    assert!(
+        error.starts_with("ToolError [denied]: workflow(\"../x.js\")"),
+        "{error}"
+    );
+    let error = run_on(
+        &host,
+        "await workflow('child', { f() {} , big: 10n })",
+        "null",
+    )
+    .unwrap_err();
+    assert!(error.contains("args must be JSON-serialisable"), "{error}");
 }
 
 #[test]
@@ -668,6 +753,38 @@ fn out_of_memory_is_catchable() {
         ..Limits::default()
     };
     let grow = "a = []; while (true) a.push('x'.repeat(100000) + a.length)";
+    let caught = Workflow::load(
+        "m.js",
+        &format!("let a\ntry {{ {grow} }} catch (e) {{ a = null; return String(e) }}"),
+        host.clone(),
+        limits,
+    )
+    .unwrap()
+    .run("null")
+    .unwrap();
+    assert_eq!(caught, "\"InternalError: out of memory\"");
+    let error = Workflow::load("m.js", &format!("let a\n{grow}"), host, limits)
+        .unwrap()
+        .run("null")
+        .unwrap_err();
+    assert!(
+        error.starts_with(
+            "InternalError: out of memory (the script's JavaScript heap is limited to 16 MiB"
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn out_of_memory_is_named_even_when_the_heap_is_full_to_the_byte() {
+    // Many small values fill the heap so closely that, with QuickJS's own limit, not even the
+    // error object fitted and the script saw `null`.
+    let host = Rc::new(FakeHost::new(echo()));
+    let limits = Limits {
+        memory: 16 << 20,
+        ..Limits::default()
+    };
+    let grow = "a = []; while (true) a.push('x' + a.length)";
     let caught = Workflow::load(
         "m.js",
         &format!("let a\ntry {{ {grow} }} catch (e) {{ a = null; return String(e) }}"),

@@ -68,6 +68,7 @@ async fn probe(args: Value) -> Result<Value, Error> {
             Err(Error::new("probe: a pending future completed"))
         }
         "phases" => phases().await,
+        "entropy" => Ok(entropy()),
         other => Err(Error::new(format!("probe: unknown mode {other:?}"))),
     }
 }
@@ -336,4 +337,16 @@ async fn phases() -> Result<Value, Error> {
     outcomes.insert("explicit".into(), outcome_json(&explicit));
     log("probe: done");
     Ok(json!({ "phases": ["Gather", "Check"], "outcomes": outcomes }))
+}
+
+/// What the guest can observe of time and randomness: the host makes both virtual and seeded per
+/// run, so two runs of the same workflow and arguments see the same values.
+fn entropy() -> Value {
+    use std::hash::{BuildHasher, RandomState};
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    let hashed = RandomState::new().hash_one("corral");
+    json!({ "wall_micros": wall, "random_hash": hashed.to_string() })
 }
