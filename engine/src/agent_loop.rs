@@ -69,6 +69,24 @@ pub struct AgentRequest {
     pub timeout: Option<Duration>,
 }
 
+impl AgentRequest {
+    /// A plain request for `prompt` with the default limits and no options.
+    pub fn new(prompt: impl Into<String>) -> Self {
+        AgentRequest {
+            prompt: prompt.into(),
+            label: None,
+            phase: None,
+            model: None,
+            effort: None,
+            schema: None,
+            tools: None,
+            max_tokens: crate::limits::RunLimits::default().max_output_tokens,
+            max_turns: DEFAULT_MAX_TURNS,
+            timeout: None,
+        }
+    }
+}
+
 /// What a finished agent call produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentOutput {

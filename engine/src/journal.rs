@@ -281,16 +281,12 @@ enum Op {
         options: String,
         at: i64,
     },
-    Started {
-        run: String,
-        seq: u64,
-        at: i64,
-    },
     Finished {
         run: String,
         seq: u64,
         outcome: Result<AgentOutput, AgentError>,
         replayed: bool,
+        started: Option<i64>,
         at: i64,
     },
     Event {
@@ -384,28 +380,22 @@ impl Journal {
         });
     }
 
-    /// Records that call `seq` got a concurrency slot.
-    pub fn call_started(&self, run: &str, seq: u64) {
-        self.send(Op::Started {
-            run: run.to_string(),
-            seq,
-            at: now_ms(),
-        });
-    }
-
-    /// Records how call `seq` ended.
+    /// Records how call `seq` ended, and when it got its concurrency slot (`started_ms`; the
+    /// start is not written on its own, which saves a row update per call on the hot path).
     pub fn call_finished(
         &self,
         run: &str,
         seq: u64,
         outcome: &Result<AgentOutput, AgentError>,
         replayed: bool,
+        started_ms: Option<i64>,
     ) {
         self.send(Op::Finished {
             run: run.to_string(),
             seq,
             outcome: outcome.clone(),
             replayed,
+            started: started_ms,
             at: now_ms(),
         });
     }
@@ -801,17 +791,12 @@ fn apply(
                     params![run, seq as i64, prompt, options],
                 )?;
             }
-            Op::Started { run, seq, at } => {
-                tx.prepare_cached(
-                    "UPDATE calls SET status = 'running', started_ms = ?3 WHERE run_id = ?1 AND seq = ?2 AND status = 'queued'")?.execute(
-                    params![run, seq as i64, at],
-                )?;
-            }
             Op::Finished {
                 run,
                 seq,
                 outcome,
                 replayed,
+                started,
                 at,
             } => {
                 let (status, kind, error, text, json, model, usage) = match &outcome {
@@ -835,8 +820,8 @@ fn apply(
                     ),
                 };
                 tx.prepare_cached(
-                    "UPDATE calls SET status = ?3, error_kind = ?4, error = ?5, text = ?6, json = ?7, answered_model = ?8, input_tokens = ?9, output_tokens = ?10, cache_read_tokens = ?11, cache_write_tokens = ?12, finished_ms = ?13, started_ms = COALESCE(started_ms, ?13), replayed = ?14 WHERE run_id = ?1 AND seq = ?2")?.execute(
-                    params![run, seq as i64, status, kind, error, text, json, model, usage.input_tokens as i64, usage.output_tokens as i64, usage.cache_read_tokens as i64, usage.cache_write_tokens as i64, at, replayed as i64],
+                    "UPDATE calls SET status = ?3, error_kind = ?4, error = ?5, text = ?6, json = ?7, answered_model = ?8, input_tokens = ?9, output_tokens = ?10, cache_read_tokens = ?11, cache_write_tokens = ?12, finished_ms = ?13, started_ms = COALESCE(?15, started_ms, ?13), replayed = ?14 WHERE run_id = ?1 AND seq = ?2")?.execute(
+                    params![run, seq as i64, status, kind, error, text, json, model, usage.input_tokens as i64, usage.output_tokens as i64, usage.cache_read_tokens as i64, usage.cache_write_tokens as i64, at, replayed as i64, started],
                 )?;
             }
             Op::Event {

@@ -157,7 +157,7 @@ impl AgentScheduler {
             Some((journal, run_id, Some(output))) => {
                 // Answered from the journal: nothing is sent and nothing is paid again.
                 let outcome: AgentOutcome = Ok(output);
-                journal.call_finished(&run_id, id, &outcome, true);
+                journal.call_finished(&run_id, id, &outcome, true, None);
                 {
                     let mut stats = self.lock_stats();
                     stats.succeeded += 1;
@@ -200,12 +200,10 @@ impl AgentScheduler {
                 stats.peak_in_flight = stats.peak_in_flight.max(now);
             }
             events.event(&RunEvent::AgentStarted { id });
-            if let Some((journal, run_id)) = &journal {
-                journal.call_started(run_id, id);
-            }
+            let started_ms = journal.as_ref().map(|_| crate::journal::now_ms());
             let outcome = run_agent_sharing(&context, &request, &prefixes).await;
             if let Some((journal, run_id)) = &journal {
-                journal.call_finished(run_id, id, &outcome, false);
+                journal.call_finished(run_id, id, &outcome, false, started_ms);
             }
             let usage = outcome
                 .as_ref()

@@ -12,15 +12,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engine::agent_loop::{AgentContext, AgentRequest};
-use engine::budget::BudgetLedger;
 use engine::events::NoEvents;
 use engine::journal::{Journal, NewRun, ReplayPlan, ReusePolicy};
 use engine::provider::sim::SimProvider;
-use engine::scheduler::AgentScheduler;
 use engine::scheduler::CallJournal;
 use engine::{RunLimits, RunOptions, Runtime, RuntimeConfig, Workflow};
 use serde_json::json;
+use tests::bench::{median, ms, scheduler_only};
 use tests::guests::guest_path;
 
 const CALLS: u64 = 2000;
@@ -46,10 +44,18 @@ fn main() {
     tokio.block_on(async {
         // Warm-up of both paths.
         engine_run(&runtime, &probe, CALLS, Duration::ZERO).await;
-        scheduler_only(CALLS, Duration::ZERO).await;
+        scheduler_only(CALLS as usize, CAP, Duration::ZERO, |i| {
+            format!("probe fan-out call {i}")
+        })
+        .await;
         for _ in 0..rounds {
             engine_times.push(engine_run(&runtime, &probe, CALLS, Duration::ZERO).await);
-            baseline_times.push(scheduler_only(CALLS, Duration::ZERO).await);
+            baseline_times.push(
+                scheduler_only(CALLS as usize, CAP, Duration::ZERO, |i| {
+                    format!("probe fan-out call {i}")
+                })
+                .await,
+            );
         }
     });
     let engine = median(&mut engine_times);
@@ -64,7 +70,7 @@ fn main() {
         for _ in 0..rounds {
             plain_times.push(engine_run(&runtime, &probe, CALLS, Duration::ZERO).await);
             journaled_times.push(
-                journaled_run(&runtime, &probe, &journal, CALLS, None)
+                journaled_run(&runtime, &probe, &journal, CALLS, Duration::ZERO, None)
                     .await
                     .0,
             );
@@ -74,18 +80,50 @@ fn main() {
     let journaled = median(&mut journaled_times);
     let journal_overhead = (journaled.as_secs_f64() / plain.as_secs_f64() - 1.0) * 100.0;
 
+    // The same at a realistic latency (still tiny: 50 ms per call).
+    let (mut journaled_slow, mut plain_slow) = (Vec::new(), Vec::new());
+    tokio.block_on(async {
+        for _ in 0..rounds.min(3) {
+            plain_slow.push(engine_run(&runtime, &probe, 320, Duration::from_millis(50)).await);
+            journaled_slow.push(
+                journaled_run(
+                    &runtime,
+                    &probe,
+                    &journal,
+                    320,
+                    Duration::from_millis(50),
+                    None,
+                )
+                .await
+                .0,
+            );
+        }
+    });
+    let plain_slow = median(&mut plain_slow);
+    let journaled_slow = median(&mut journaled_slow);
+    let slow_overhead = (journaled_slow.as_secs_f64() / plain_slow.as_secs_f64() - 1.0) * 100.0;
+
     // Resume: a run of 1000 calls, every one answered from the journal.
     let resume_n = 1000;
     let mut resume_times = Vec::new();
     tokio.block_on(async {
-        let (_, original) = journaled_run(&runtime, &probe, &journal, resume_n, None).await;
+        let (_, original) =
+            journaled_run(&runtime, &probe, &journal, resume_n, Duration::ZERO, None).await;
         for _ in 0..rounds.min(5) {
             let began = Instant::now();
             let plan = ReplayPlan::new(
                 journal.recorded_calls(&original).unwrap(),
                 ReusePolicy::Prefix,
             );
-            journaled_run(&runtime, &probe, &journal, resume_n, Some(plan)).await;
+            journaled_run(
+                &runtime,
+                &probe,
+                &journal,
+                resume_n,
+                Duration::ZERO,
+                Some(plan),
+            )
+            .await;
             resume_times.push(began.elapsed());
         }
     });
@@ -149,6 +187,11 @@ fn main() {
         ms(journaled)
     );
     println!(
+        "| 320 calls at L = 50 ms without / with the journal | {:.1} ms / {:.1} ms = {slow_overhead:+.2} % | |",
+        ms(plain_slow),
+        ms(journaled_slow)
+    );
+    println!(
         "| resume of {resume_n} completed calls (read journal + replay run) | {:.2} ms | ≤ 200 ms |",
         ms(resume)
     );
@@ -204,6 +247,7 @@ async fn journaled_run(
     probe: &Workflow,
     journal: &Journal,
     n: u64,
+    latency: Duration,
     replay: Option<ReplayPlan>,
 ) -> (Duration, String) {
     let began = Instant::now();
@@ -222,7 +266,7 @@ async fn journaled_run(
             cwd: String::new(),
         })
         .unwrap();
-    let mut run_options = options(args, Duration::ZERO);
+    let mut run_options = options(args, latency);
     run_options.journal = Some(CallJournal {
         journal: journal.clone(),
         run_id: run_id.clone(),
@@ -232,45 +276,4 @@ async fn journaled_run(
     let elapsed = began.elapsed();
     assert!(report.outcome.is_ok());
     (elapsed, run_id)
-}
-
-async fn scheduler_only(n: u64, latency: Duration) -> Duration {
-    let began = Instant::now();
-    let context = AgentContext {
-        provider: Arc::new(SimProvider::new(latency)),
-        ledger: BudgetLedger::new(None),
-        tools: None,
-    };
-    let mut scheduler = AgentScheduler::new(context, CAP, 1_000_000, Arc::new(NoEvents));
-    let mut ids: Vec<u64> = (0..n)
-        .map(|i| {
-            let request = AgentRequest {
-                prompt: format!("probe fan-out call {i}"),
-                label: None,
-                phase: None,
-                model: None,
-                effort: None,
-                schema: None,
-                tools: None,
-                max_tokens: RunLimits::default().max_output_tokens,
-                max_turns: 24,
-                timeout: None,
-            };
-            scheduler.start(request).unwrap()
-        })
-        .collect();
-    while !ids.is_empty() {
-        let done = scheduler.wait(&ids).await;
-        ids.retain(|id| !done.iter().any(|(d, _)| d == id));
-    }
-    began.elapsed()
-}
-
-fn median(values: &mut [Duration]) -> Duration {
-    values.sort();
-    values[values.len() / 2]
-}
-
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1e3
 }

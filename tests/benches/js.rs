@@ -13,12 +13,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engine::agent_loop::{AgentContext, AgentRequest};
-use engine::budget::BudgetLedger;
 use engine::events::NoEvents;
 use engine::provider::sim::SimProvider;
-use engine::scheduler::AgentScheduler;
 use engine::{RunLimits, RunOptions, Runtime, RuntimeConfig, Script};
+use tests::bench::{median, ms, scheduler_only};
 use tests::guests::workspace_root;
 
 const CALLS: usize = 2000;
@@ -142,7 +140,7 @@ fn main() {
                 "{:?}",
                 report.outcome
             );
-            let baseline = scheduler_only().await;
+            let baseline = scheduler_only(CALLS, 16, Duration::ZERO, |i| format!("call {i}")).await;
             if round > 0 {
                 engine_times.push(elapsed);
                 baseline_times.push(baseline);
@@ -210,46 +208,4 @@ fn main() {
     } else {
         println!("| Node.js | not installed | |");
     }
-}
-
-async fn scheduler_only() -> Duration {
-    let began = Instant::now();
-    let context = AgentContext {
-        provider: Arc::new(SimProvider::default()),
-        ledger: BudgetLedger::new(None),
-        tools: None,
-    };
-    let mut scheduler = AgentScheduler::new(context, 16, 1_000_000, Arc::new(NoEvents));
-    let mut ids: Vec<u64> = (0..CALLS)
-        .map(|i| {
-            scheduler
-                .start(AgentRequest {
-                    prompt: format!("call {i}"),
-                    label: None,
-                    phase: None,
-                    model: None,
-                    effort: None,
-                    schema: None,
-                    tools: None,
-                    max_tokens: RunLimits::default().max_output_tokens,
-                    max_turns: 24,
-                    timeout: None,
-                })
-                .unwrap()
-        })
-        .collect();
-    while !ids.is_empty() {
-        let done = scheduler.wait(&ids).await;
-        ids.retain(|id| !done.iter().any(|(d, _)| d == id));
-    }
-    began.elapsed()
-}
-
-fn median(values: &mut [Duration]) -> Duration {
-    values.sort();
-    values[values.len() / 2]
-}
-
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1e3
 }

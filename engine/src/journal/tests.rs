@@ -54,10 +54,15 @@ fn a_run_and_its_calls_round_trip() {
     for (seq, prompt) in [(1, "a"), (2, "b")] {
         let described = describe_call(&request(prompt), "sim-default");
         journal.call_queued(&run, seq, described, &request(prompt), "sim-default");
-        journal.call_started(&run, seq);
     }
-    journal.call_finished(&run, 1, &Ok(output("first")), false);
-    journal.call_finished(&run, 2, &Err(AgentError::Timeout("slow".into())), false);
+    journal.call_finished(&run, 1, &Ok(output("first")), false, Some(now_ms()));
+    journal.call_finished(
+        &run,
+        2,
+        &Err(AgentError::Timeout("slow".into())),
+        false,
+        None,
+    );
     journal.phase(&run, "Scan");
     journal.log(&run, "scanning");
     journal

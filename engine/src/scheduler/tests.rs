@@ -16,16 +16,9 @@ fn scheduler(provider: Arc<SimProvider>, max_concurrent: usize, max_agents: u64)
 
 fn request(prompt: &str) -> AgentRequest {
     AgentRequest {
-        prompt: prompt.into(),
-        label: None,
-        phase: None,
-        model: None,
-        effort: None,
-        schema: None,
-        tools: None,
         max_tokens: 64,
         max_turns: 4,
-        timeout: None,
+        ..AgentRequest::new(prompt)
     }
 }
 

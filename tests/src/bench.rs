@@ -1,0 +1,50 @@
+//! Shared pieces of the bench binaries (`benches/engine.rs`, `benches/js.rs`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use engine::agent_loop::{AgentContext, AgentRequest};
+use engine::budget::BudgetLedger;
+use engine::events::NoEvents;
+use engine::provider::sim::SimProvider;
+use engine::scheduler::AgentScheduler;
+
+/// The no-wasm baseline: `n` calls with `prompt(i)` through the same scheduler and simulated
+/// provider the engine uses, started at once and collected with `wait`, at cap `cap`.
+pub async fn scheduler_only(
+    n: usize,
+    cap: usize,
+    latency: Duration,
+    prompt: impl Fn(usize) -> String,
+) -> Duration {
+    let began = Instant::now();
+    let context = AgentContext {
+        provider: Arc::new(SimProvider::new(latency)),
+        ledger: BudgetLedger::new(None),
+        tools: None,
+    };
+    let mut scheduler = AgentScheduler::new(context, cap, u64::MAX, Arc::new(NoEvents));
+    let mut ids: Vec<u64> = (0..n)
+        .map(|i| {
+            scheduler
+                .start(AgentRequest::new(prompt(i)))
+                .expect("no limit is in the way")
+        })
+        .collect();
+    while !ids.is_empty() {
+        let done = scheduler.wait(&ids).await;
+        ids.retain(|id| !done.iter().any(|(d, _)| d == id));
+    }
+    began.elapsed()
+}
+
+/// The median of some durations.
+pub fn median(values: &mut [Duration]) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+/// Milliseconds, for printing.
+pub fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
