@@ -139,6 +139,7 @@ impl Runtime {
             phase: None,
             log: log.clone(),
             cpu: CpuMeter::new(),
+            schemas: std::collections::HashMap::new(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);

@@ -122,7 +122,7 @@ impl AgentScheduler {
 
     /// Accepts a call and queues it; fails at once past the agent cap.
     pub fn start(&mut self, request: AgentRequest) -> Result<u64, AgentError> {
-        let accepted = self.stats().started;
+        let accepted = self.lock_stats().started;
         if accepted >= self.max_agents {
             self.lock_stats().refused += 1;
             return Err(AgentError::AgentLimit(format!(

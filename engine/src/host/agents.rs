@@ -18,14 +18,25 @@ use crate::schema::OutputSchema;
 impl TypesHost for RunState {}
 
 impl RunState {
+    /// Compiles a schema once per run; later calls with the same text share it.
+    fn compiled_schema(&mut self, text: &str) -> Result<Arc<OutputSchema>, agent_loop::AgentError> {
+        if let Some(schema) = self.schemas.get(text) {
+            return Ok(Arc::clone(schema));
+        }
+        let schema =
+            Arc::new(OutputSchema::compile(text).map_err(agent_loop::AgentError::InvalidInput)?);
+        self.schemas.insert(text.to_string(), Arc::clone(&schema));
+        Ok(schema)
+    }
+
     /// Turns the guest's options into a request, refusing invalid ones before anything starts.
     fn agent_request(
-        &self,
+        &mut self,
         prompt: String,
         options: AgentOptions,
     ) -> Result<agent_loop::AgentRequest, agent_loop::AgentError> {
         use agent_loop::AgentError::{Denied, InvalidInput};
-        let limits = &self.limits;
+        let limits = self.limits.clone();
         let schema_bytes = options.schema.as_ref().map_or(0, String::len);
         if prompt.len() + schema_bytes > limits.max_prompt_bytes {
             return Err(InvalidInput(format!(
@@ -35,7 +46,7 @@ impl RunState {
             )));
         }
         let schema = match &options.schema {
-            Some(text) => Some(Arc::new(OutputSchema::compile(text).map_err(InvalidInput)?)),
+            Some(text) => Some(self.compiled_schema(text)?),
             None => None,
         };
         if let Some(tools) = &options.tools {

@@ -56,6 +56,8 @@ pub(crate) struct RunState {
     pub(crate) phase: Option<String>,
     pub(crate) log: stdio::LogBuffer,
     pub(crate) cpu: CpuMeter,
+    /// Compiled output schemas by their text: a fan-out usually sends one schema many times.
+    pub(crate) schemas: std::collections::HashMap<String, Arc<crate::schema::OutputSchema>>,
 }
 
 impl WasiView for RunState {
