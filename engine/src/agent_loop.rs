@@ -186,8 +186,19 @@ pub async fn run_agent_sharing(
     request: &AgentRequest,
     prefixes: &Arc<SharedPrefixes>,
 ) -> Result<AgentOutput, AgentError> {
-    let work = converse(context, request, prefixes);
-    match request.timeout {
+    run_agent_recorded(context, request, prefixes).await.0
+}
+
+/// [`run_agent_sharing`], also handing back the conversation as it stood when the call ended
+/// (finished, failed or timed out), for the journal.
+pub async fn run_agent_recorded(
+    context: &AgentContext,
+    request: &AgentRequest,
+    prefixes: &Arc<SharedPrefixes>,
+) -> (Result<AgentOutput, AgentError>, Vec<Message>) {
+    let mut transcript = Vec::new();
+    let work = converse(context, request, prefixes, &mut transcript);
+    let outcome = match request.timeout {
         Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
             Err(AgentError::Timeout(format!(
                 "the agent did not finish within its time limit of {} ms (raise timeoutMs)",
@@ -195,7 +206,37 @@ pub async fn run_agent_sharing(
             )))
         }),
         None => work.await,
-    }
+    };
+    (outcome, transcript)
+}
+
+/// A conversation as JSON text: `[{"role", "content": [{"type": "text" | "tool_use" |
+/// "tool_result", ...}]}]`, the shape `corral runs show --agent` prints.
+pub fn transcript_json(messages: &[Message]) -> String {
+    let messages: Vec<Value> = messages
+        .iter()
+        .map(|message| {
+            let content: Vec<Value> = message
+                .content
+                .iter()
+                .map(|block| match block {
+                    Block::Text(text) => json!({"type": "text", "text": text}),
+                    Block::ToolUse { id, name, input } => {
+                        json!({"type": "tool_use", "id": id, "name": name, "input": input})
+                    }
+                    Block::ToolResult { id, content, is_error } => {
+                        json!({"type": "tool_result", "id": id, "content": content, "is_error": is_error})
+                    }
+                })
+                .collect();
+            let role = match message.role {
+                Role::User => "user",
+                Role::Assistant => "assistant",
+            };
+            json!({"role": role, "content": content})
+        })
+        .collect();
+    serde_json::to_string_pretty(&messages).unwrap_or_default()
 }
 
 /// The group of siblings `request` belongs to: agents of a run with the same model, system
@@ -225,6 +266,7 @@ async fn converse(
     context: &AgentContext,
     request: &AgentRequest,
     prefixes: &Arc<SharedPrefixes>,
+    messages: &mut Vec<Message>,
 ) -> Result<AgentOutput, AgentError> {
     let model = context.provider.resolve_model(request.model.as_deref());
     let tools = tool_specs(context, request);
@@ -245,10 +287,11 @@ async fn converse(
     } else {
         vec![Block::Text(request.prompt.clone())]
     };
-    let mut messages = vec![Message {
+    messages.clear();
+    messages.push(Message {
         role: Role::User,
         content: first,
-    }];
+    });
     // Force the submit tool when it is the only tool: the answer can be nothing else.
     let force_tool =
         (request.schema.is_some() && tools.len() == 1).then(|| SUBMIT_TOOL.to_string());

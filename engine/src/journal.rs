@@ -287,6 +287,7 @@ enum Op {
         outcome: Result<AgentOutput, AgentError>,
         replayed: bool,
         started: Option<i64>,
+        transcript: Option<String>,
         at: i64,
     },
     Event {
@@ -389,6 +390,7 @@ impl Journal {
         outcome: &Result<AgentOutput, AgentError>,
         replayed: bool,
         started_ms: Option<i64>,
+        transcript: Option<String>,
     ) {
         self.send(Op::Finished {
             run: run.to_string(),
@@ -396,6 +398,7 @@ impl Journal {
             outcome: outcome.clone(),
             replayed,
             started: started_ms,
+            transcript,
             at: now_ms(),
         });
     }
@@ -797,8 +800,15 @@ fn apply(
                 outcome,
                 replayed,
                 started,
+                transcript,
                 at,
             } => {
+                if let Some(transcript) = transcript {
+                    tx.prepare_cached(
+                        "UPDATE transcripts SET transcript = ?3 WHERE run_id = ?1 AND seq = ?2",
+                    )?
+                    .execute(params![run, seq as i64, transcript])?;
+                }
                 let (status, kind, error, text, json, model, usage) = match &outcome {
                     Ok(output) => (
                         "ok",

@@ -12,7 +12,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
 
 use crate::agent_loop::{
-    AgentContext, AgentError, AgentOutput, AgentRequest, SharedPrefixes, run_agent_sharing,
+    AgentContext, AgentError, AgentOutput, AgentRequest, SharedPrefixes, run_agent_recorded,
+    transcript_json,
 };
 use crate::events::{EventSink, RunEvent};
 use crate::journal::{Journal, ReplayPlan, describe_call};
@@ -157,7 +158,7 @@ impl AgentScheduler {
             Some((journal, run_id, Some(output))) => {
                 // Answered from the journal: nothing is sent and nothing is paid again.
                 let outcome: AgentOutcome = Ok(output);
-                journal.call_finished(&run_id, id, &outcome, true, None);
+                journal.call_finished(&run_id, id, &outcome, true, None, None);
                 {
                     let mut stats = self.lock_stats();
                     stats.succeeded += 1;
@@ -201,9 +202,12 @@ impl AgentScheduler {
             }
             events.event(&RunEvent::AgentStarted { id });
             let started_ms = journal.as_ref().map(|_| crate::journal::now_ms());
-            let outcome = run_agent_sharing(&context, &request, &prefixes).await;
+            let (outcome, conversation) = run_agent_recorded(&context, &request, &prefixes).await;
             if let Some((journal, run_id)) = &journal {
-                journal.call_finished(run_id, id, &outcome, false, started_ms);
+                // A one-turn conversation is the prompt and the result, both recorded already;
+                // longer ones (tools, schema corrections) are kept in full.
+                let transcript = (conversation.len() > 2).then(|| transcript_json(&conversation));
+                journal.call_finished(run_id, id, &outcome, false, started_ms, transcript);
             }
             let usage = outcome
                 .as_ref()

@@ -55,13 +55,14 @@ fn a_run_and_its_calls_round_trip() {
         let described = describe_call(&request(prompt), "sim-default");
         journal.call_queued(&run, seq, described, &request(prompt), "sim-default");
     }
-    journal.call_finished(&run, 1, &Ok(output("first")), false, Some(now_ms()));
+    journal.call_finished(&run, 1, &Ok(output("first")), false, Some(now_ms()), None);
     journal.call_finished(
         &run,
         2,
         &Err(AgentError::Timeout("slow".into())),
         false,
         None,
+        Some("[conversation]".into()),
     );
     journal.phase(&run, "Scan");
     journal.log(&run, "scanning");
@@ -101,8 +102,10 @@ fn a_run_and_its_calls_round_trip() {
     let recorded = journal.recorded_calls(&run).unwrap();
     assert_eq!(recorded[0].output, Some(output("first")));
     assert_eq!(recorded[1].output, None);
-    let (prompt, _, _) = journal.call_transcript(&run, 2).unwrap().unwrap();
+    let (prompt, _, transcript) = journal.call_transcript(&run, 2).unwrap().unwrap();
     assert_eq!(prompt, "b");
+    assert_eq!(transcript.as_deref(), Some("[conversation]"));
+    assert_eq!(journal.call_transcript(&run, 1).unwrap().unwrap().2, None);
     assert_eq!(journal.resolve_id(&run[..6]).unwrap(), run);
     assert!(matches!(
         journal.resolve_id("zzzzzzzzzz"),

@@ -409,3 +409,63 @@ fn the_plan_estimate_is_within_30_percent_of_a_real_protocol_run() {
         "estimate {estimate} vs actual {actual} (ratio {ratio:.2})"
     );
 }
+
+#[test]
+fn a_multi_turn_conversation_is_kept_as_the_calls_transcript() {
+    let fake = FakeLlm::start(Protocol::Anthropic, Some("test-key"));
+    fake.script([
+        tests::fake_llm::Reply::tool("read", serde_json::json!({"path": "src/math.rs"})),
+        tests::fake_llm::Reply::submit(serde_json::json!({"verdict": "fine"})),
+    ]);
+    let repo = fixture_repo();
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
+    let args = r#"{"mode": "agent", "prompt": "is math.rs fine?", "schema": {"type": "object", "properties": {"verdict": {"type": "string"}}, "required": ["verdict"]}}"#;
+    let probe = guest_path("probe");
+    let output = run(with_fake(
+        corral().args([
+            "run",
+            probe.to_str().unwrap(),
+            "--root",
+            repo.path().to_str().unwrap(),
+            "--args",
+            args,
+            "-q",
+            "--data-dir",
+            data_dir,
+        ]),
+        &fake,
+    ));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let id = journal(data.path()).list_runs(1).unwrap().remove(0).id;
+    let shown = stdout(&run(corral().args([
+        "runs",
+        "show",
+        &id,
+        "--agent",
+        "1",
+        "--data-dir",
+        data_dir,
+    ])));
+    assert!(shown.contains("--- prompt\nis math.rs fine?"), "{shown}");
+    let transcript = &shown[shown.find("--- transcript\n").expect("a transcript") + 15..];
+    let messages: Value =
+        serde_json::from_str(transcript).unwrap_or_else(|e| panic!("{e}: {transcript}"));
+    let kinds: Vec<&str> = messages
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| {
+            m["content"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["type"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(kinds, ["text", "tool_use", "tool_result", "tool_use"]);
+    assert!(
+        transcript.contains("a.wrapping_add(b)"),
+        "the tool result (the file) is in the transcript"
+    );
+}

@@ -299,6 +299,9 @@ async fn clocks_and_random_numbers_are_virtual_and_replay_identically() {
         (1_735_689_600_000_000..1_735_689_601_000_000).contains(&wall),
         "{first}"
     );
+    // The environment is empty: nothing of the host's (API keys included) reaches the guest.
+    assert_eq!(first["env_vars"], 0, "{first}");
+    assert_eq!(first["cli_args"], 0, "{first}");
     let other = result(
         &Run::new(json!({"mode": "entropy", "salt": 1}))
             .run(&workflow("probe"))

@@ -348,5 +348,10 @@ fn entropy() -> Value {
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0);
     let hashed = RandomState::new().hash_one("corral");
-    json!({ "wall_micros": wall, "random_hash": hashed.to_string() })
+    json!({
+        "wall_micros": wall,
+        "random_hash": hashed.to_string(),
+        "env_vars": std::env::vars().count(),
+        "cli_args": std::env::args().count(),
+    })
 }
