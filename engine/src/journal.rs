@@ -264,6 +264,8 @@ pub struct CallRow {
     pub usage: Usage,
     /// Answered from the journal instead of the provider.
     pub replayed: bool,
+    /// The model that answered.
+    pub model: Option<String>,
     /// Queued, started, finished (ms since the epoch).
     pub times: (i64, Option<i64>, Option<i64>),
 }
@@ -568,7 +570,7 @@ impl Journal {
         let mut detail = row.ok_or_else(|| JournalError::UnknownRun(id.to_string()))?;
         let mut calls = db
             .prepare(
-                "SELECT seq, label, phase, status, error_kind, error, text, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, replayed, queued_ms, started_ms, finished_ms FROM calls WHERE run_id = ?1 ORDER BY seq",
+                "SELECT seq, label, phase, status, error_kind, error, text, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, replayed, queued_ms, started_ms, finished_ms, answered_model FROM calls WHERE run_id = ?1 ORDER BY seq",
             )
             .map_err(err)?;
         detail.calls = calls
@@ -584,6 +586,7 @@ impl Journal {
                     usage: usage_at(row, 7)?,
                     replayed: row.get::<_, i64>(11)? != 0,
                     times: (row.get(12)?, row.get(13)?, row.get(14)?),
+                    model: row.get(15)?,
                 })
             })
             .and_then(Iterator::collect)

@@ -237,6 +237,8 @@ fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_report(detail: &RunDetail) {
+    // Prices come from corral.toml (or the built-in ones), by the model that answered.
+    let config = engine::config::CorralConfig::discover(None).unwrap_or_default();
     let run = &detail.summary;
     out!(
         "run {}  {}  {}  started {} UTC  {}",
@@ -268,6 +270,9 @@ fn print_report(detail: &RunDetail) {
         // Answers replayed from the journal were not paid again.
         if !call.replayed {
             tally.usage.add(&call.usage);
+            if let Some(price) = call.model.as_deref().and_then(|model| config.price(model)) {
+                tally.cost += price.cost(&call.usage);
+            }
         }
     }
     for phase in &phases {
