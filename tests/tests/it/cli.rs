@@ -155,3 +155,91 @@ fn a_core_module_is_refused_with_the_fix() {
         ],
     );
 }
+
+#[test]
+fn a_script_is_checked_built_into_one_component_run_and_inspected() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("hello.js");
+    std::fs::write(
+        &script,
+        "export const meta = { name: 'hello', description: 'greets', phases: [{ title: 'Greet' }] }\nphase('Greet')\nreturn { answer: await agent(`hello ${args.who}`) !== null }\n",
+    )
+    .unwrap();
+    let script = script.to_str().unwrap();
+    check(&run(&["check", script]), 0, expect![""]);
+
+    let built = dir.path().join("hello.wasm");
+    check(
+        &run(&["build", script, "-o", built.to_str().unwrap()]),
+        0,
+        expect![""],
+    );
+    let outcome = run(&[
+        "run",
+        built.to_str().unwrap(),
+        "--args",
+        r#"{"who":"corral"}"#,
+        "-q",
+        "--no-journal",
+    ]);
+    check(&outcome, 0, expect![""]);
+    assert_eq!(outcome.stdout, "{\"answer\":true}\n");
+
+    let inspected = corral()
+        .args(["inspect", built.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&inspected.stdout);
+    assert!(
+        text.contains("kind:     built script (script runtime + embedded script)"),
+        "{text}"
+    );
+    assert!(text.contains("script:   hello.js"), "{text}");
+    assert!(
+        text.contains(
+            "meta:     { name: 'hello', description: 'greets', phases: [{ title: 'Greet' }] }"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("check:    ok"), "{text}");
+    for line in text
+        .lines()
+        .skip_while(|l| *l != "imports:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+    {
+        let import = line.trim();
+        assert!(
+            import.starts_with("corral:workflow/") || import.starts_with("wasi:"),
+            "unexpected import {import}"
+        );
+        assert!(
+            !import.starts_with("wasi:sockets") && !import.starts_with("wasi:http"),
+            "{import}"
+        );
+    }
+
+    // A broken script is refused by check and by build, which then writes nothing.
+    let broken = dir.path().join("broken.js");
+    std::fs::write(
+        &broken,
+        "export const meta = { name: 'b', description: 'd' }\nconst x = require('fs')\nreturn x\n",
+    )
+    .unwrap();
+    let refused = run(&["check", broken.to_str().unwrap()]);
+    assert_eq!(refused.code, 2);
+    let not_built = dir.path().join("broken.wasm");
+    let refused = run(&[
+        "build",
+        broken.to_str().unwrap(),
+        "-o",
+        not_built.to_str().unwrap(),
+    ]);
+    assert_eq!(refused.code, 2);
+    assert!(
+        refused.errors.contains("broken.js was not built"),
+        "{}",
+        refused.errors
+    );
+    assert!(!not_built.exists());
+}
