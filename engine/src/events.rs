@@ -31,11 +31,15 @@ pub enum RunEvent {
     AgentStarted {
         /// Call id.
         id: u64,
+        /// Its phase, if any (as when it was queued).
+        phase: Option<String>,
     },
     /// An agent call finished.
     AgentFinished {
         /// Call id.
         id: u64,
+        /// Its phase, if any (as when it was queued).
+        phase: Option<String>,
         /// `None` on success, else the error kind.
         error: Option<String>,
         /// Tokens it used.
@@ -57,9 +61,12 @@ impl RunEvent {
             RunEvent::AgentQueued { id, label, phase } => {
                 json!({"event": "agent_queued", "id": id, "label": label, "phase": phase})
             }
-            RunEvent::AgentStarted { id } => json!({"event": "agent_started", "id": id}),
+            RunEvent::AgentStarted { id, phase } => {
+                json!({"event": "agent_started", "id": id, "phase": phase})
+            }
             RunEvent::AgentFinished {
                 id,
+                phase,
                 error,
                 usage,
                 model,
@@ -67,6 +74,7 @@ impl RunEvent {
             } => json!({
                 "event": "agent_finished",
                 "id": id,
+                "phase": phase,
                 "ok": error.is_none(),
                 "error": error,
                 "model": model,

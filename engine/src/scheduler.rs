@@ -166,6 +166,7 @@ impl AgentScheduler {
                 }
                 self.events.event(&RunEvent::AgentFinished {
                     id,
+                    phase: request.phase.clone(),
                     error: None,
                     usage: Usage::default(),
                     model: outcome
@@ -200,7 +201,10 @@ impl AgentScheduler {
                 let mut stats = stats.lock().unwrap_or_else(|p| p.into_inner());
                 stats.peak_in_flight = stats.peak_in_flight.max(now);
             }
-            events.event(&RunEvent::AgentStarted { id });
+            events.event(&RunEvent::AgentStarted {
+                id,
+                phase: request.phase.clone(),
+            });
             let started_ms = journal.as_ref().map(|_| crate::journal::now_ms());
             let (outcome, conversation) = run_agent_recorded(&context, &request, &prefixes).await;
             if let Some((journal, run_id)) = &journal {
@@ -225,6 +229,7 @@ impl AgentScheduler {
             }
             events.event(&RunEvent::AgentFinished {
                 id,
+                phase: request.phase.clone(),
                 error: outcome.as_ref().err().map(|e| e.kind().to_string()),
                 usage,
                 model: outcome

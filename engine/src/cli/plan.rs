@@ -34,9 +34,8 @@ struct PlanSink {
 
 #[derive(Default)]
 struct PlanState {
-    current: String,
+    /// Phases in the order they appeared (a phase may have no agents).
     order: Vec<String>,
-    phase_of: BTreeMap<u64, String>,
     usage: BTreeMap<String, ModelUsage>,
 }
 
@@ -44,23 +43,20 @@ impl EventSink for PlanSink {
     fn event(&self, event: &RunEvent) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match event {
-            RunEvent::Phase { title } => {
-                state.current = title.clone();
-                if !state.order.contains(title) {
-                    state.order.push(title.clone());
-                }
-            }
-            RunEvent::AgentQueued { id, phase, .. } => {
-                let phase = phase.clone().unwrap_or_else(|| state.current.clone());
+            RunEvent::Phase { title: phase }
+            | RunEvent::AgentQueued {
+                phase: Some(phase), ..
+            } if !state.order.contains(phase) => state.order.push(phase.clone()),
+            RunEvent::AgentFinished {
+                phase,
+                usage,
+                model,
+                ..
+            } => {
+                let phase = phase.clone().unwrap_or_default();
                 if !state.order.contains(&phase) {
                     state.order.push(phase.clone());
                 }
-                state.phase_of.insert(*id, phase);
-            }
-            RunEvent::AgentFinished {
-                id, usage, model, ..
-            } => {
-                let phase = state.phase_of.get(id).cloned().unwrap_or_default();
                 // The simulated provider names its models `sim-<alias>`: report what was asked.
                 let model = model.strip_prefix("sim-").unwrap_or(model).to_string();
                 let entry = state
@@ -78,7 +74,7 @@ impl EventSink for PlanSink {
 }
 
 /// Dry-runs the workflow on the simulated provider.
-pub fn estimate(prepared: &Prepared, args: &RunArgs) -> anyhow::Result<Estimate> {
+pub fn estimate(prepared: &Prepared) -> anyhow::Result<Estimate> {
     let sink = Arc::new(PlanSink::default());
     let limits = RunLimits {
         budget_tokens: None,
@@ -98,7 +94,6 @@ pub fn estimate(prepared: &Prepared, args: &RunArgs) -> anyhow::Result<Estimate>
             load_only: false,
         },
     ));
-    let _ = args;
     let state = sink.state.lock().unwrap_or_else(|p| p.into_inner());
     let phases: Vec<(String, ModelUsage)> = state
         .order
@@ -120,7 +115,7 @@ pub fn estimate(prepared: &Prepared, args: &RunArgs) -> anyhow::Result<Estimate>
 
 pub fn plan(args: RunArgs) -> anyhow::Result<ExitCode> {
     let prepared = prepare(&args)?;
-    let estimate = estimate(&prepared, &args)?;
+    let estimate = estimate(&prepared)?;
     // Price with the provider the run would use (the simulated one costs nothing, so price it as
     // the default real provider would).
     let name = args

@@ -70,8 +70,6 @@ pub struct Tally {
 struct TallyState {
     phases: BTreeMap<String, PhaseTally>,
     order: Vec<String>,
-    phase_of: BTreeMap<u64, String>,
-    current: String,
     bars: BTreeMap<String, ProgressBar>,
 }
 
@@ -174,7 +172,6 @@ impl EventSink for Tally {
         let mut state = self.lock();
         let phase = match event {
             RunEvent::Phase { title } => {
-                state.current = title.clone();
                 self.phase_entry(&mut state, title);
                 title.clone()
             }
@@ -186,14 +183,13 @@ impl EventSink for Tally {
                 }
                 return;
             }
-            RunEvent::AgentQueued { id, phase, .. } => {
-                let phase = phase.clone().unwrap_or_else(|| state.current.clone());
-                state.phase_of.insert(*id, phase.clone());
+            RunEvent::AgentQueued { phase, .. } => {
+                let phase = phase.clone().unwrap_or_default();
                 self.phase_entry(&mut state, &phase).queued += 1;
                 phase
             }
-            RunEvent::AgentStarted { id } => {
-                let phase = state.phase_of.get(id).cloned().unwrap_or_default();
+            RunEvent::AgentStarted { phase, .. } => {
+                let phase = phase.clone().unwrap_or_default();
                 let tally = self.phase_entry(&mut state, &phase);
                 tally.queued = tally.queued.saturating_sub(1);
                 tally.running += 1;
@@ -201,12 +197,13 @@ impl EventSink for Tally {
             }
             RunEvent::AgentFinished {
                 id,
+                phase,
                 error,
                 usage,
                 model,
                 replayed,
             } => {
-                let phase = state.phase_of.get(id).cloned().unwrap_or_default();
+                let phase = phase.clone().unwrap_or_default();
                 let cost = self
                     .config
                     .price(model)

@@ -232,7 +232,7 @@ pub fn run(args: RunArgs, resume: Option<Resume>) -> anyhow::Result<ExitCode> {
     if let Some(budget) = args.budget_tokens
         && !args.force
     {
-        let estimate = super::plan::estimate(&prepared, &args)?;
+        let estimate = super::plan::estimate(&prepared)?;
         if estimate.tokens > budget {
             eprintln!(
                 "error: the plan estimates {} tokens ({} agents), over the --budget-tokens budget of {budget}: raise the budget, make the workflow smaller, or pass --force to run anyway (the budget still stops it)",
