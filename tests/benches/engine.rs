@@ -12,11 +12,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engine::events::NoEvents;
-use engine::journal::{Journal, NewRun, ReplayPlan, ReusePolicy};
-use engine::provider::sim::SimProvider;
-use engine::scheduler::CallJournal;
-use engine::{RunLimits, RunOptions, Runtime, RuntimeConfig, Workflow};
+use corral_host::events::NoEvents;
+use corral_host::provider::sim::SimProvider;
+use corral_host::record::{ReplayPlan, ReusePolicy};
+use corral_host::scheduler::CallJournal;
+use corral_host::{RunLimits, RunOptions, Runtime, RuntimeConfig, Workflow};
+use corral_store::{Journal, NewRun, RunFinish, RunStatus, RunStore};
 use serde_json::json;
 use tests::bench::{median, ms, scheduler_only};
 use tests::guests::guest_path;
@@ -226,6 +227,8 @@ fn options(args: serde_json::Value, latency: Duration) -> RunOptions {
         events: Arc::new(NoEvents),
         script: None,
         journal: None,
+        stop: None,
+        shared: Default::default(),
         load_only: false,
     }
 }
@@ -262,17 +265,31 @@ async fn journaled_run(
             root: None,
             provider: "sim".into(),
             resumed_from: None,
-            argv: Vec::new(),
-            cwd: String::new(),
+            tenant: None,
+            spec: "{}".into(),
+            status: RunStatus::Running,
         })
         .unwrap();
     let mut run_options = options(args, latency);
     run_options.journal = Some(CallJournal {
-        journal: journal.clone(),
-        run_id: run_id.clone(),
+        recorder: journal.recorder(&run_id),
         replay,
     });
     let report = runtime.run(probe, run_options).await;
+    // What the run service does at the end of every recorded run.
+    journal
+        .finish_run(
+            &run_id,
+            RunFinish {
+                status: RunStatus::Succeeded,
+                result: report.outcome.clone().ok(),
+                error: None,
+                agents: report.agents.started,
+                usage: report.agents.usage,
+                cost: 0.0,
+            },
+        )
+        .unwrap();
     let elapsed = began.elapsed();
     assert!(report.outcome.is_ok());
     (elapsed, run_id)

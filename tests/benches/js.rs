@@ -13,9 +13,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engine::events::NoEvents;
-use engine::provider::sim::SimProvider;
-use engine::{RunLimits, RunOptions, Runtime, RuntimeConfig, Script};
+use corral_host::events::NoEvents;
+use corral_host::provider::sim::SimProvider;
+use corral_host::{RunLimits, RunOptions, Runtime, RuntimeConfig, Script};
 use tests::bench::{median, ms, scheduler_only};
 use tests::guests::workspace_root;
 
@@ -129,6 +129,8 @@ fn main() {
                             source: source.clone(),
                         }),
                         journal: None,
+                        stop: None,
+                        shared: Default::default(),
                         load_only: false,
                     },
                 )

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engine::agent_loop::{AgentContext, AgentRequest};
-use engine::budget::BudgetLedger;
-use engine::events::NoEvents;
-use engine::provider::sim::SimProvider;
-use engine::scheduler::AgentScheduler;
+use corral_host::agent_loop::{AgentContext, AgentRequest};
+use corral_host::budget::BudgetLedger;
+use corral_host::events::NoEvents;
+use corral_host::provider::sim::SimProvider;
+use corral_host::scheduler::AgentScheduler;
 
 /// The no-wasm baseline: `n` calls with `prompt(i)` through the same scheduler and simulated
 /// provider the engine uses, started at once and collected with `wait`, at cap `cap`.

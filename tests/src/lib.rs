@@ -4,4 +4,5 @@
 pub mod bench;
 pub mod fake_llm;
 pub mod guests;
+pub mod server;
 pub mod support;

@@ -5,11 +5,11 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use engine::events::{CollectEvents, EventSink};
-use engine::provider::Provider;
-use engine::provider::sim::SimProvider;
-use engine::tools::ToolRoot;
-use engine::{RunLimits, RunOptions, RunReport, Runtime, RuntimeConfig, Workflow};
+use corral_host::events::{CollectEvents, EventSink};
+use corral_host::provider::Provider;
+use corral_host::provider::sim::SimProvider;
+use corral_host::tools::ToolRoot;
+use corral_host::{RunLimits, RunOptions, RunReport, Runtime, RuntimeConfig, Workflow};
 use serde_json::Value;
 
 use crate::guests::{guest_path, workspace_root};
@@ -67,7 +67,7 @@ pub struct Run {
     /// The events.
     pub events: Arc<CollectEvents>,
     /// The script, for a script runtime.
-    pub script: Option<engine::Script>,
+    pub script: Option<corral_host::Script>,
 }
 
 impl Run {
@@ -85,7 +85,7 @@ impl Run {
 
     /// Runs this script (the workflow must be a script runtime, such as [`js_runtime`]).
     pub fn script(mut self, name: &str, source: &str) -> Self {
-        self.script = Some(engine::Script {
+        self.script = Some(corral_host::Script {
             name: name.to_string(),
             source: source.to_string(),
         });
@@ -132,6 +132,8 @@ impl Run {
                     events,
                     script: self.script,
                     journal: None,
+                    stop: None,
+                    shared: Default::default(),
                     load_only: false,
                 },
             )
@@ -216,7 +218,7 @@ pub fn corral() -> Command {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(workspace_root())
-            .args(["build", "-q", "-p", "engine", "--bin", "corral"])
+            .args(["build", "-q", "-p", "corral", "--bin", "corral"])
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building the corral binary failed");
@@ -229,5 +231,13 @@ pub fn corral() -> Command {
         "CORRAL_CACHE_DIR",
         std::env::temp_dir().join(format!("corral-cli-cache-{}", std::process::id())),
     );
+    // Never the user's own journal: a test that names no --data-dir gets one of its own.
+    command
+        .env(
+            "CORRAL_DATA_DIR",
+            std::env::temp_dir().join(format!("corral-cli-data-{}", std::process::id())),
+        )
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("CORRAL_CONFIG");
     command
 }

@@ -11,13 +11,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engine::agent_loop::{AgentContext, AgentRequest, DEFAULT_MAX_TURNS};
-use engine::budget::BudgetLedger;
-use engine::config::CorralConfig;
-use engine::events::NoEvents;
-use engine::provider::Usage;
-use engine::scheduler::AgentScheduler;
-use engine::schema::OutputSchema;
+use corral_host::agent_loop::{AgentContext, AgentRequest, DEFAULT_MAX_TURNS};
+use corral_host::budget::BudgetLedger;
+use corral_host::config::CorralConfig;
+use corral_host::events::NoEvents;
+use corral_host::provider::Usage;
+use corral_host::scheduler::AgentScheduler;
+use corral_host::schema::OutputSchema;
 use serde_json::json;
 use tests::fake_llm::{FakeLlm, Protocol};
 

@@ -19,10 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use engine::config::{ProviderKind, ProviderSettings};
-use engine::provider::anthropic::AnthropicProvider;
-use engine::provider::openai::OpenAiProvider;
-use engine::provider::{ApiKey, Provider, RetryPolicy};
+use corral_host::config::{ProviderKind, ProviderSettings};
+use corral_host::provider::anthropic::AnthropicProvider;
+use corral_host::provider::openai::OpenAiProvider;
+use corral_host::provider::{ApiKey, Provider, RetryPolicy};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -486,12 +486,12 @@ fn auto(protocol: Protocol, body: &Value, serial: u64) -> Content {
     if let Some(schema) = submit_schema {
         return Content::Tool {
             name: "submit".to_string(),
-            input: engine::schema::example_instance(&schema, serial),
+            input: corral_host::schema::example_instance(&schema, serial),
         };
     }
     if protocol == Protocol::OpenAi && body["response_format"]["type"] == "json_schema" {
         let schema = &body["response_format"]["json_schema"]["schema"];
-        return Content::Text(engine::schema::example_instance(schema, serial).to_string());
+        return Content::Text(corral_host::schema::example_instance(schema, serial).to_string());
     }
     Content::Text(format!("fake answer {serial}"))
 }

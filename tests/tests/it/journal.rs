@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use engine::journal::Journal;
+use corral_store::{Journal, RunFilter, RunStatus, RunStore};
 use serde_json::Value;
 use tests::fake_llm::{FakeLlm, Protocol};
 use tests::guests::guest_path;
@@ -58,6 +58,13 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+fn recent(limit: usize) -> RunFilter {
+    RunFilter {
+        limit,
+        ..RunFilter::default()
+    }
+}
+
 fn journal(data: &Path) -> Journal {
     Journal::open(&data.join("journal.db")).expect("the journal opens")
 }
@@ -84,7 +91,7 @@ fn a_run_killed_mid_fan_out_resumes_without_paying_for_completed_calls() {
     child.wait().unwrap();
 
     let journal = journal(data.path());
-    let killed = journal.list_runs(1).unwrap().remove(0);
+    let killed = journal.list_runs(&recent(1)).unwrap().remove(0);
     let completed: HashSet<u64> = journal
         .recorded_calls(&killed.id)
         .unwrap()
@@ -144,8 +151,8 @@ fn a_run_killed_mid_fan_out_resumes_without_paying_for_completed_calls() {
         200
     );
 
-    let runs = journal.list_runs(5).unwrap();
-    assert_eq!(runs[0].status, "succeeded");
+    let runs = journal.list_runs(&recent(5)).unwrap();
+    assert_eq!(runs[0].status, RunStatus::Succeeded);
     let detail = journal.run_detail(&runs[0].id).unwrap();
     assert_eq!(detail.resumed_from.as_deref(), Some(killed.id.as_str()));
     assert_eq!(
@@ -176,13 +183,36 @@ fn a_changed_script_resumes_from_the_first_changed_call() {
     assert!(first.status.success(), "{}", stderr(&first));
     std::fs::write(&script, steps("THREE")).unwrap();
     let journal = journal(data.path());
-    let original = journal.list_runs(1).unwrap().remove(0);
+    let original = journal.list_runs(&recent(1)).unwrap().remove(0);
 
-    let resumed =
+    // Without --script, a resume runs the script as recorded: every call is answered.
+    let as_recorded =
         run(corral().args(["runs", "resume", &original.id, "-q", "--data-dir", data_dir]));
+    assert!(as_recorded.status.success(), "{}", stderr(&as_recorded));
+    let latest = journal.list_runs(&recent(1)).unwrap().remove(0);
+    assert_eq!(latest.agents, 5);
+    assert!(
+        journal
+            .run_detail(&latest.id)
+            .unwrap()
+            .calls
+            .iter()
+            .all(|c| c.replayed)
+    );
+
+    let resumed = run(corral().args([
+        "runs",
+        "resume",
+        &original.id,
+        "--script",
+        script.to_str().unwrap(),
+        "-q",
+        "--data-dir",
+        data_dir,
+    ]));
     assert!(resumed.status.success(), "{}", stderr(&resumed));
     assert_eq!(stdout(&resumed).trim(), "5");
-    let latest = journal.list_runs(1).unwrap().remove(0);
+    let latest = journal.list_runs(&recent(1)).unwrap().remove(0);
     let replayed: Vec<bool> = journal
         .run_detail(&latest.id)
         .unwrap()
@@ -252,9 +282,12 @@ fn resuming_unknown_or_running_runs_is_a_clear_error() {
         .unwrap();
     let journal = journal(data.path());
     wait_for("the second run to start", || {
-        journal.list_runs(5).map(|r| r.len() == 2).unwrap_or(false)
+        journal
+            .list_runs(&recent(5))
+            .map(|r| r.len() == 2)
+            .unwrap_or(false)
     });
-    let id = journal.list_runs(1).unwrap().remove(0).id;
+    let id = journal.list_runs(&recent(1)).unwrap().remove(0).id;
     let busy = run(corral().args(["runs", "resume", &id, "--data-dir", data_dir]));
     assert_eq!(busy.status.code(), Some(2));
     assert!(
@@ -268,7 +301,10 @@ fn resuming_unknown_or_running_runs_is_a_clear_error() {
     assert!(stop.status.success(), "{}", stderr(&stop));
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(5));
-    assert_eq!(journal.list_runs(1).unwrap()[0].status, "stopped");
+    assert_eq!(
+        journal.list_runs(&recent(1)).unwrap()[0].status,
+        RunStatus::Stopped
+    );
 }
 
 #[test]
@@ -437,7 +473,11 @@ fn a_multi_turn_conversation_is_kept_as_the_calls_transcript() {
         &fake,
     ));
     assert!(output.status.success(), "{}", stderr(&output));
-    let id = journal(data.path()).list_runs(1).unwrap().remove(0).id;
+    let id = journal(data.path())
+        .list_runs(&recent(1))
+        .unwrap()
+        .remove(0)
+        .id;
     let shown = stdout(&run(corral().args([
         "runs",
         "show",

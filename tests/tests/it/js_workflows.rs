@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
-use engine::RunReport;
-use engine::events::RunEvent;
+use corral_host::RunReport;
+use corral_host::events::RunEvent;
 use serde_json::{Value, json};
 use tests::guests::workspace_root;
 use tests::support::{Run, fixture_repo, js_runtime, result};
@@ -260,7 +260,7 @@ async fn judge_panel_scores_every_attempt_with_every_judge_and_keeps_the_best() 
     assert_eq!(array(&result(&report)["ranking"]).len(), 3);
     assert_eq!(report.agents.started, 3 + 9);
     let (report, _) = run_workflow("judge-panel.js", json!({ "attempts": 0 })).await;
-    let Err(engine::RunError::Workflow(message)) = &report.outcome else {
+    let Err(corral_host::RunError::Workflow(message)) = &report.outcome else {
         panic!("{:?}", report.outcome)
     };
     assert!(

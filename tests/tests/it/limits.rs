@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use engine::{LimitExceeded, RunError};
+use corral_host::{LimitExceeded, RunError};
 use serde_json::json;
 use tests::support::{Run, result, sim, workflow};
 

@@ -10,4 +10,5 @@ mod limits;
 mod providers;
 mod runs;
 mod script_api;
+mod server;
 mod tools;

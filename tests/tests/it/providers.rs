@@ -5,11 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use engine::RunReport;
-use engine::config::StructuredOutput;
-use engine::events::RunEvent;
-use engine::provider::anthropic::AnthropicProvider;
-use engine::provider::{Block, CacheHints, ChatRequest, Message, Provider, ProviderError, Role};
+use corral_host::RunReport;
+use corral_host::config::StructuredOutput;
+use corral_host::events::RunEvent;
+use corral_host::provider::anthropic::AnthropicProvider;
+use corral_host::provider::{
+    Block, CacheHints, ChatRequest, Message, Provider, ProviderError, Role,
+};
 use serde_json::{Value, json};
 use tests::fake_llm::{Failure, FakeLlm, Protocol, Received, Reply};
 use tests::support::{Run, fixture_repo, result, workflow};
@@ -558,7 +560,7 @@ async fn malformed_requests_are_rejected_in_the_provider_format() {
         assert!(message.contains(expected), "{protocol:?}: {message}");
 
         let mut wrong = fake.settings();
-        wrong.api_key = Some(engine::provider::ApiKey::new("wrong").unwrap());
+        wrong.api_key = Some(corral_host::provider::ApiKey::new("wrong").unwrap());
         let error = FakeLlm::provider_with(wrong)
             .complete(&orphan_result)
             .await

@@ -1,8 +1,8 @@
 //! Whole runs: results, phases, the budget, the agent cap, cancellation, the compiled cache,
 //! and the example workflow over a real directory.
 
-use engine::events::RunEvent;
-use engine::{RunError, Runtime, RuntimeConfig};
+use corral_host::events::RunEvent;
+use corral_host::{RunError, Runtime, RuntimeConfig};
 use serde_json::json;
 use tests::guests::guest_path;
 use tests::support::{Run, fixture_repo, result, sim, workflow};

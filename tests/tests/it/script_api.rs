@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use engine::agent_loop::SUBMIT_TOOL;
-use engine::events::RunEvent;
-use engine::provider::sim::SimProvider;
-use engine::provider::{
+use corral_host::agent_loop::SUBMIT_TOOL;
+use corral_host::events::RunEvent;
+use corral_host::provider::sim::SimProvider;
+use corral_host::provider::{
     Block, BoxFuture, ChatRequest, ChatResponse, Provider, ProviderError, StopReason, Usage,
 };
-use engine::{LimitExceeded, RunError, RunReport};
+use corral_host::{LimitExceeded, RunError, RunReport};
 use expect_test::{Expect, expect};
 use serde_json::{Value, json};
 use tests::support::{Run, fixture_repo, js_runtime, result, run_js, sim};

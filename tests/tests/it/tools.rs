@@ -7,7 +7,7 @@ async fn tool(
     root: Option<&std::path::Path>,
     tool: &str,
     args: Value,
-    change: impl FnOnce(&mut engine::RunLimits),
+    change: impl FnOnce(&mut corral_host::RunLimits),
 ) -> Value {
     let mut run = Run::new(json!({"mode": "tool", "tool": tool, "args": args})).limits(change);
     if let Some(root) = root {
@@ -17,7 +17,7 @@ async fn tool(
 }
 
 /// Lowers one limit of a run.
-type LimitChange = fn(&mut engine::RunLimits);
+type LimitChange = fn(&mut corral_host::RunLimits);
 
 fn error_kind(outcome: &Value) -> &str {
     outcome["error"]

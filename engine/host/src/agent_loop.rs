@@ -1,0 +1,716 @@
+//! One sub-agent: a conversation with a model that may use read-only tools over the run's root
+//! and, when a schema is given, must finish by calling a submit tool whose input validates.
+//!
+//! Every provider request is reserved against the budget before it is sent (see
+//! [`crate::budget`]), so an agent can never overshoot the run's budget either. Every attempt is
+//! reserved and settled on its own: retries of transient failures (with backoff and jitter,
+//! honouring a capped `retry-after`, see [`RetryPolicy`]) pay for what each attempt cost.
+//!
+//! With a provider that keeps a prompt cache, siblings sharing a prompt prefix take turns through
+//! [`SharedPrefixes`], so that one writes the cache and the others read it.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::budget::BudgetLedger;
+use crate::provider::{
+    Block, CacheHints, ChatRequest, ChatResponse, Effort, Message, Provider, ProviderError,
+    RetryPolicy, Role, Spent, StopReason, ToolSpec, Usage,
+};
+use crate::schema::OutputSchema;
+use crate::tools::{GrepOptions, ToolError, ToolRoot};
+
+mod shared_prefix;
+
+pub use shared_prefix::{CacheTurn, MIN_SHARED_PREFIX_BYTES, SharedPrefixes, WriterTurn};
+
+/// Name of the tool a schema'd agent calls to hand in its answer (the providers name it too).
+pub use crate::provider::SUBMIT_TOOL;
+/// Tools an agent may be granted.
+pub const AGENT_TOOLS: [&str; 4] = ["read", "glob", "grep", "git"];
+/// How many answers a schema'd agent may hand in before the call fails with `schema-mismatch`.
+pub const MAX_SCHEMA_ATTEMPTS: u32 = 5;
+/// Default conversation turns of one agent.
+pub const DEFAULT_MAX_TURNS: u32 = 24;
+/// Siblings coordinate their first requests only when what they share (system prompt, tools and
+/// a shared prompt prefix) is at least this long: about 1024 tokens, the smallest prefix the
+/// providers cache. Below it, waiting for a writer would only add latency.
+pub const MIN_CACHEABLE_BYTES: u64 = 4096;
+
+const PREAMBLE: &str = "You are a sub-agent running non-interactively inside an automated workflow. \
+Nobody will answer questions or read intermediate remarks: do the task with the tools you have, \
+then reply with the requested content only.";
+
+/// What one agent call asks for.
+#[derive(Debug, Clone)]
+pub struct AgentRequest {
+    /// The task.
+    pub prompt: String,
+    /// Display name.
+    pub label: Option<String>,
+    /// Progress group.
+    pub phase: Option<String>,
+    /// Model alias or id (`None`: the provider's default).
+    pub model: Option<String>,
+    /// Reasoning effort.
+    pub effort: Option<Effort>,
+    /// Output schema, when the answer must be JSON.
+    pub schema: Option<Arc<OutputSchema>>,
+    /// Tools granted (`None`: all of [`AGENT_TOOLS`]).
+    pub tools: Option<Vec<String>>,
+    /// Output tokens per provider request.
+    pub max_tokens: u32,
+    /// Conversation turns.
+    pub max_turns: u32,
+    /// Wall-clock limit of the call.
+    pub timeout: Option<Duration>,
+}
+
+impl AgentRequest {
+    /// A plain request for `prompt` with the default limits and no options.
+    pub fn new(prompt: impl Into<String>) -> Self {
+        AgentRequest {
+            prompt: prompt.into(),
+            label: None,
+            phase: None,
+            model: None,
+            effort: None,
+            schema: None,
+            tools: None,
+            max_tokens: crate::limits::RunLimits::default().max_output_tokens,
+            max_turns: DEFAULT_MAX_TURNS,
+            timeout: None,
+        }
+    }
+}
+
+/// What a finished agent call produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentOutput {
+    /// Final text (for a schema: the instance as JSON text).
+    pub text: String,
+    /// The validated instance, for a schema.
+    pub json: Option<Value>,
+    /// Tokens used by every request of the call.
+    pub usage: Usage,
+    /// The model that answered.
+    pub model: String,
+}
+
+/// Why an agent call failed; mirrors the WIT `agent-error` variant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentError {
+    /// The budget cannot cover the next request; it was not sent.
+    #[error("{0}")]
+    BudgetExhausted(String),
+    /// The run's agent cap is reached.
+    #[error("{0}")]
+    AgentLimit(String),
+    /// The answers never matched the schema.
+    #[error("{0}")]
+    SchemaMismatch(String),
+    /// The provider failed.
+    #[error("{0}")]
+    Provider(String),
+    /// The call ran out of time or turns.
+    #[error("{0}")]
+    Timeout(String),
+    /// The call was cancelled.
+    #[error("{0}")]
+    Cancelled(String),
+    /// The call asked for something not granted.
+    #[error("{0}")]
+    Denied(String),
+    /// The call's options are invalid.
+    #[error("{0}")]
+    InvalidInput(String),
+}
+
+impl AgentError {
+    /// Stable kebab-case name of the failure kind, as in the WIT variant.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AgentError::BudgetExhausted(_) => "budget-exhausted",
+            AgentError::AgentLimit(_) => "agent-limit",
+            AgentError::SchemaMismatch(_) => "schema-mismatch",
+            AgentError::Provider(_) => "provider",
+            AgentError::Timeout(_) => "timeout",
+            AgentError::Cancelled(_) => "cancelled",
+            AgentError::Denied(_) => "denied",
+            AgentError::InvalidInput(_) => "invalid-input",
+        }
+    }
+}
+
+/// What every agent of a run shares.
+#[derive(Clone)]
+pub struct AgentContext {
+    /// Who answers.
+    pub provider: Arc<dyn Provider>,
+    /// The run's budget.
+    pub ledger: Arc<BudgetLedger>,
+    /// The run's root, if it has one.
+    pub tools: Option<ToolRoot>,
+}
+
+/// Checks a tool allow-list against what agents can be granted.
+pub fn check_tool_grant(tools: &[String]) -> Result<(), AgentError> {
+    match tools
+        .iter()
+        .find(|tool| !AGENT_TOOLS.contains(&tool.as_str()))
+    {
+        Some(unknown) => Err(AgentError::Denied(format!(
+            "unknown agent tool '{unknown}': agents may use {}",
+            AGENT_TOOLS.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Runs one agent call to completion, on its own (it shares no prefix turns with siblings).
+pub async fn run_agent(
+    context: &AgentContext,
+    request: &AgentRequest,
+) -> Result<AgentOutput, AgentError> {
+    run_agent_sharing(context, request, &Arc::new(SharedPrefixes::default())).await
+}
+
+/// Runs one agent call to completion, taking turns with its siblings in `prefixes` (see
+/// [`SharedPrefixes`]); the request should have been registered there with
+/// [`SharedPrefixes::register_request`] when it was started.
+pub async fn run_agent_sharing(
+    context: &AgentContext,
+    request: &AgentRequest,
+    prefixes: &Arc<SharedPrefixes>,
+) -> Result<AgentOutput, AgentError> {
+    run_agent_recorded(context, request, prefixes).await.0
+}
+
+/// [`run_agent_sharing`], also handing back the conversation as it stood when the call ended
+/// (finished, failed or timed out), for the journal.
+pub async fn run_agent_recorded(
+    context: &AgentContext,
+    request: &AgentRequest,
+    prefixes: &Arc<SharedPrefixes>,
+) -> (Result<AgentOutput, AgentError>, Vec<Message>) {
+    let mut transcript = Vec::new();
+    let work = converse(context, request, prefixes, &mut transcript);
+    let outcome = match request.timeout {
+        Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+            Err(AgentError::Timeout(format!(
+                "the agent did not finish within its time limit of {} ms (raise timeoutMs)",
+                limit.as_millis()
+            )))
+        }),
+        None => work.await,
+    };
+    (outcome, transcript)
+}
+
+/// A conversation as JSON text: `[{"role", "content": [{"type": "text" | "tool_use" |
+/// "tool_result", ...}]}]`, the shape `corral runs show --agent` prints.
+pub fn transcript_json(messages: &[Message]) -> String {
+    let messages: Vec<Value> = messages
+        .iter()
+        .map(|message| {
+            let content: Vec<Value> = message
+                .content
+                .iter()
+                .map(|block| match block {
+                    Block::Text(text) => json!({"type": "text", "text": text}),
+                    Block::ToolUse { id, name, input } => {
+                        json!({"type": "tool_use", "id": id, "name": name, "input": input})
+                    }
+                    Block::ToolResult { id, content, is_error } => {
+                        json!({"type": "tool_result", "id": id, "content": content, "is_error": is_error})
+                    }
+                })
+                .collect();
+            let role = match message.role {
+                Role::User => "user",
+                Role::Assistant => "assistant",
+            };
+            json!({"role": role, "content": content})
+        })
+        .collect();
+    serde_json::to_string_pretty(&messages).unwrap_or_default()
+}
+
+/// The group of siblings `request` belongs to: agents of a run with the same model, system
+/// prompt and tools, whose requests can share a cached prefix.
+pub fn prefix_group(context: &AgentContext, request: &AgentRequest) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    request.model.hash(&mut hasher);
+    system_prompt(request).hash(&mut hasher);
+    for tool in tool_specs(context, request) {
+        tool.name.hash(&mut hasher);
+        tool.description.hash(&mut hasher);
+        tool.input_schema.to_string().hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+impl SharedPrefixes {
+    /// Records a started agent call, if its provider keeps a prompt cache.
+    pub fn register_request(&self, context: &AgentContext, request: &AgentRequest) {
+        if context.provider.prompt_cache() {
+            self.register(prefix_group(context, request), &request.prompt);
+        }
+    }
+}
+
+async fn converse(
+    context: &AgentContext,
+    request: &AgentRequest,
+    prefixes: &Arc<SharedPrefixes>,
+    messages: &mut Vec<Message>,
+) -> Result<AgentOutput, AgentError> {
+    let model = context.provider.resolve_model(request.model.as_deref());
+    let tools = tool_specs(context, request);
+    let system = system_prompt(request);
+    let caching = context.provider.prompt_cache();
+    let group = prefix_group(context, request);
+    let shared = if caching {
+        prefixes.shared_len(group, &request.prompt)
+    } else {
+        0
+    };
+    // A shared prefix goes in a block of its own, so that the provider can mark where it ends.
+    let first = if shared > 0 {
+        vec![
+            Block::Text(request.prompt[..shared].to_string()),
+            Block::Text(request.prompt[shared..].to_string()),
+        ]
+    } else {
+        vec![Block::Text(request.prompt.clone())]
+    };
+    messages.clear();
+    messages.push(Message {
+        role: Role::User,
+        content: first,
+    });
+    // Force the submit tool when it is the only tool: the answer can be nothing else.
+    let force_tool =
+        (request.schema.is_some() && tools.len() == 1).then(|| SUBMIT_TOOL.to_string());
+    let mut usage = Usage::default();
+    let mut schema_attempts = 0;
+    let mut last_schema_error = String::new();
+
+    for turn in 0..request.max_turns {
+        let chat = ChatRequest {
+            model: model.clone(),
+            system: system.clone(),
+            messages: messages.clone(),
+            tools: tools.clone(),
+            force_tool: force_tool.clone(),
+            max_tokens: request.max_tokens,
+            effort: request.effort,
+            cache: CacheHints {
+                system: caching,
+                shared_prefix: shared > 0,
+                conversation: caching && turn > 0,
+            },
+        };
+        let response = if turn == 0 && caching {
+            let prefix = &request.prompt[..shared];
+            send_first(context, &chat, &mut usage, prefixes, group, prefix).await?
+        } else {
+            send(context, &chat, &mut usage).await?
+        };
+        let answered_model = response.model.clone();
+        let tool_uses: Vec<(String, String, Value)> = response
+            .content
+            .iter()
+            .filter_map(|block| match block {
+                Block::ToolUse { id, name, input } => {
+                    Some((id.clone(), name.clone(), input.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        let text: String = response
+            .content
+            .iter()
+            .filter_map(|block| match block {
+                Block::Text(text) => Some(text.as_str()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("");
+        messages.push(Message {
+            role: Role::Assistant,
+            content: response.content,
+        });
+
+        if tool_uses.is_empty() {
+            let Some(schema) = &request.schema else {
+                return Ok(AgentOutput {
+                    text,
+                    json: None,
+                    usage,
+                    model: answered_model,
+                });
+            };
+            // The model answered in prose: accept it if it is a valid instance, otherwise ask again.
+            let verdict = serde_json::from_str::<Value>(text.trim())
+                .map_err(|error| format!("the answer is not JSON ({error})"))
+                .and_then(|value| schema.validate(&value).map(|()| value));
+            match verdict {
+                Ok(value) => return Ok(schema_output(value, usage, answered_model)),
+                Err(error) => {
+                    schema_attempts += 1;
+                    last_schema_error = error;
+                    if schema_attempts >= MAX_SCHEMA_ATTEMPTS {
+                        break;
+                    }
+                    messages.push(Message::user_text(format!(
+                        "Your answer must be JSON that matches the schema: call the `{SUBMIT_TOOL}` tool with it (or, without such a tool, reply with the JSON only). Problem: {last_schema_error}"
+                    )));
+                    continue;
+                }
+            }
+        }
+
+        if response.stop == StopReason::MaxTokens && request.schema.is_none() && !text.is_empty() {
+            return Ok(AgentOutput {
+                text,
+                json: None,
+                usage,
+                model: answered_model,
+            });
+        }
+
+        let mut results = Vec::with_capacity(tool_uses.len());
+        for (id, name, input) in tool_uses {
+            if name == SUBMIT_TOOL
+                && let Some(schema) = &request.schema
+            {
+                match schema.validate(&input) {
+                    Ok(()) => return Ok(schema_output(input, usage, answered_model)),
+                    Err(error) => {
+                        schema_attempts += 1;
+                        last_schema_error = error.clone();
+                        results.push(Block::ToolResult {
+                            id,
+                            content: format!("Invalid: {error}. Fix these problems and call `{SUBMIT_TOOL}` again."),
+                            is_error: true,
+                        });
+                    }
+                }
+                continue;
+            }
+            let (content, is_error) = match run_tool(context, request, &name, &input).await {
+                Ok(output) => (output, false),
+                Err(error) => (error, true),
+            };
+            results.push(Block::ToolResult {
+                id,
+                content,
+                is_error,
+            });
+        }
+        if schema_attempts >= MAX_SCHEMA_ATTEMPTS {
+            break;
+        }
+        messages.push(Message {
+            role: Role::User,
+            content: results,
+        });
+    }
+
+    if schema_attempts >= MAX_SCHEMA_ATTEMPTS {
+        return Err(AgentError::SchemaMismatch(format!(
+            "the agent's output did not match the schema after {MAX_SCHEMA_ATTEMPTS} attempts; last error: {last_schema_error}"
+        )));
+    }
+    Err(AgentError::Timeout(format!(
+        "the agent used all {} turns without a final answer (raise maxTurns, or ask for less)",
+        request.max_turns
+    )))
+}
+
+fn schema_output(value: Value, usage: Usage, model: String) -> AgentOutput {
+    AgentOutput {
+        text: value.to_string(),
+        json: Some(value),
+        usage,
+        model,
+    }
+}
+
+/// Sends the first request of an agent whose provider keeps a prompt cache: when what it shares
+/// with its siblings is long enough to be cached, it waits for its turn, so that one sibling
+/// writes the shared prefix and the others read it.
+async fn send_first(
+    context: &AgentContext,
+    chat: &ChatRequest,
+    usage: &mut Usage,
+    prefixes: &Arc<SharedPrefixes>,
+    group: u64,
+    prefix: &str,
+) -> Result<ChatResponse, AgentError> {
+    let tools_bytes: u64 = chat
+        .tools
+        .iter()
+        .map(|tool| {
+            (tool.name.len() + tool.description.len()) as u64 + json_bytes(&tool.input_schema)
+        })
+        .sum();
+    let shared_bytes = chat.system.len() as u64 + tools_bytes + prefix.len() as u64;
+    if shared_bytes < MIN_CACHEABLE_BYTES {
+        return send(context, chat, usage).await;
+    }
+    let max_wait = context.provider.retry_policy().request_timeout;
+    match prefixes.take_turn(group, prefix, max_wait).await {
+        CacheTurn::Writer(turn) => {
+            let response = send(context, chat, usage).await?;
+            turn.written();
+            Ok(response)
+        }
+        CacheTurn::Reader => send(context, chat, usage).await,
+    }
+}
+
+fn json_bytes(value: &Value) -> u64 {
+    serde_json::to_vec(value).map_or(0, |bytes| bytes.len() as u64)
+}
+
+/// Sends one request: for every attempt, reserve its worst case, send, settle what it cost;
+/// retry transient failures with backoff (see [`RetryPolicy`]); give up on an attempt that takes
+/// longer than the policy's request timeout.
+async fn send(
+    context: &AgentContext,
+    chat: &ChatRequest,
+    usage: &mut Usage,
+) -> Result<ChatResponse, AgentError> {
+    let policy: RetryPolicy = context.provider.retry_policy();
+    let worst_case = chat.input_bytes() + u64::from(chat.max_tokens);
+    let mut retry = 0;
+    loop {
+        let reservation = context
+            .ledger
+            .reserve(worst_case)
+            .map_err(|refusal| AgentError::BudgetExhausted(refusal.to_string()))?;
+        let (outcome, timed_out) =
+            match tokio::time::timeout(policy.request_timeout, context.provider.complete(chat))
+                .await
+            {
+                Ok(outcome) => (outcome, false),
+                Err(_) => {
+                    let error = ProviderError::Transient {
+                        provider: context.provider.name().to_string(),
+                        message: format!(
+                            "no answer within the request timeout of {}",
+                            seconds(policy.request_timeout)
+                        ),
+                        retry_after: None,
+                        spent: Spent::Unknown,
+                    };
+                    (Err(error), true)
+                }
+            };
+        let error = match outcome {
+            Ok(response) => {
+                reservation.settle(response.usage.total());
+                usage.add(&response.usage);
+                return Ok(response);
+            }
+            Err(error) => error,
+        };
+        match error.spent() {
+            // Refused requests are not billed by the providers we speak to.
+            Spent::Nothing => reservation.release(),
+            // The provider may have billed it without saying how much: keep the worst case charged.
+            Spent::Unknown => {
+                let amount = reservation.amount();
+                reservation.settle(amount);
+            }
+            Spent::Tokens(spent) => {
+                reservation.settle(spent.total());
+                usage.add(&spent);
+            }
+        }
+        let attempts = retry + 1;
+        match error {
+            ProviderError::Transient { retry_after, .. } if retry < policy.max_retries => {
+                retry += 1;
+                tokio::time::sleep(policy.delay(retry, retry_after)).await;
+            }
+            ProviderError::Transient { message, .. } if timed_out => {
+                return Err(AgentError::Timeout(format!(
+                    "{}: {message}, {attempts} attempts (raise timeout in corral.toml)",
+                    context.provider.name()
+                )));
+            }
+            ProviderError::Transient { .. } => {
+                return Err(AgentError::Provider(format!(
+                    "{error}; gave up after {attempts} attempts"
+                )));
+            }
+            ProviderError::Fatal { .. } => return Err(AgentError::Provider(error.to_string())),
+        }
+    }
+}
+
+fn seconds(duration: Duration) -> String {
+    if duration.subsec_millis() == 0 {
+        format!("{}s", duration.as_secs())
+    } else {
+        format!("{}ms", duration.as_millis())
+    }
+}
+
+fn system_prompt(request: &AgentRequest) -> String {
+    match &request.schema {
+        Some(_) => format!(
+            "{PREAMBLE}\nWhen you are done, call the `{SUBMIT_TOOL}` tool exactly once with your answer as its input; it must match the tool's input schema."
+        ),
+        None => PREAMBLE.to_string(),
+    }
+}
+
+fn granted<'a>(request: &'a AgentRequest) -> impl Iterator<Item = &'static str> + 'a {
+    AGENT_TOOLS.into_iter().filter(move |tool| {
+        request
+            .tools
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|a| a == tool))
+    })
+}
+
+fn tool_specs(context: &AgentContext, request: &AgentRequest) -> Vec<ToolSpec> {
+    let mut specs = Vec::new();
+    if context.tools.is_some() {
+        for tool in granted(request) {
+            specs.push(tool_spec(tool));
+        }
+    }
+    if let Some(schema) = &request.schema {
+        specs.push(ToolSpec {
+            name: SUBMIT_TOOL.to_string(),
+            description: "Hand in your final answer. The input must match this schema.".to_string(),
+            input_schema: schema.source().clone(),
+        });
+    }
+    specs
+}
+
+fn tool_spec(name: &str) -> ToolSpec {
+    let (description, input_schema) = match name {
+        "read" => (
+            "Read a text file of the repository. Paths are relative to the repository root.",
+            json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}),
+        ),
+        "glob" => (
+            "List files matching a glob pattern such as src/**/*.rs (honours .gitignore).",
+            json!({"type": "object", "properties": {"pattern": {"type": "string"}}, "required": ["pattern"]}),
+        ),
+        "grep" => (
+            "Search file contents with a regular expression; returns path:line:text lines.",
+            json!({"type": "object", "properties": {
+                "pattern": {"type": "string"}, "glob": {"type": "string"},
+                "ignore_case": {"type": "boolean"}, "max_matches": {"type": "integer", "minimum": 1}
+            }, "required": ["pattern"]}),
+        ),
+        _ => (
+            "Read-only git: command is log, show, diff or status.",
+            json!({"type": "object", "properties": {
+                "command": {"enum": ["log", "show", "diff", "status"]},
+                "rev": {"type": "string"}, "path": {"type": "string"}, "range": {"type": "string"},
+                "max": {"type": "integer", "minimum": 1}
+            }, "required": ["command"]}),
+        ),
+    };
+    ToolSpec {
+        name: name.to_string(),
+        description: description.to_string(),
+        input_schema,
+    }
+}
+
+async fn run_tool(
+    context: &AgentContext,
+    request: &AgentRequest,
+    name: &str,
+    input: &Value,
+) -> Result<String, String> {
+    if !granted(request).any(|tool| tool == name) {
+        return Err(format!("tool '{name}' is not available to this agent"));
+    }
+    let Some(root) = context.tools.clone() else {
+        return Err(
+            "this run has no root directory, so there are no files to use tools on".to_string(),
+        );
+    };
+    let name = name.to_string();
+    let input = input.clone();
+    tokio::task::spawn_blocking(move || {
+        call_tool(&root, &name, &input).map_err(|error| error.to_string())
+    })
+    .await
+    .map_err(|error| format!("tool failed: {error}"))?
+}
+
+fn call_tool(root: &ToolRoot, name: &str, input: &Value) -> Result<String, ToolError> {
+    let text = |key: &str| input.get(key).and_then(Value::as_str);
+    let required = |key: &str| {
+        text(key).ok_or_else(|| ToolError::InvalidInput(format!("missing string field '{key}'")))
+    };
+    match name {
+        "read" => root.read(required("path")?),
+        "glob" => Ok(root.glob(required("pattern")?)?.join("\n")),
+        "grep" => {
+            let options = GrepOptions {
+                glob: text("glob").map(str::to_string),
+                ignore_case: input
+                    .get("ignore_case")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+                max_matches: input
+                    .get("max_matches")
+                    .and_then(Value::as_u64)
+                    .map(|n| n.min(u64::from(u32::MAX)) as u32),
+            };
+            let matches = root.grep(required("pattern")?, &options)?;
+            Ok(matches
+                .iter()
+                .map(|m| format!("{}:{}:{}", m.path, m.line, m.text))
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
+        "git" => match required("command")? {
+            "log" => {
+                let max = input
+                    .get("max")
+                    .and_then(Value::as_u64)
+                    .map(|n| n.min(u64::from(u32::MAX)) as u32);
+                let commits = root.git_log(text("path"), max)?;
+                Ok(commits
+                    .iter()
+                    .map(|c| format!("{} {} {}", &c.id[..c.id.len().min(12)], c.author, c.summary))
+                    .collect::<Vec<_>>()
+                    .join("\n"))
+            }
+            "show" => root.git_show(text("rev").unwrap_or("HEAD"), text("path")),
+            "diff" => root.git_diff(text("range")),
+            "status" => {
+                let entries = root.git_status()?;
+                Ok(entries
+                    .iter()
+                    .map(|e| format!("{} {}", e.status, e.path))
+                    .collect::<Vec<_>>()
+                    .join("\n"))
+            }
+            other => Err(ToolError::InvalidInput(format!(
+                "unknown git command '{other}': use log, show, diff or status"
+            ))),
+        },
+        other => Err(ToolError::InvalidInput(format!("unknown tool '{other}'"))),
+    }
+}
+
+#[cfg(test)]
+mod tests;

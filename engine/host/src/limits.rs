@@ -1,0 +1,275 @@
+//! Every limit a guest can run into, with its name (the CLI flag) and its default.
+//!
+//! A limit lives here so that the CLI, the docs and the tests agree on one name and one default.
+
+use std::time::Duration;
+
+use crate::tools::ToolLimits;
+
+/// Limits of one run. All of them are enforced by the host, where the guest cannot lie.
+///
+/// Serialised (durations in milliseconds) as part of a run's spec; a missing field takes its
+/// default, and an unknown one is an error.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunLimits {
+    /// `--max-concurrent`: agent calls in flight at once; further calls queue (FIFO).
+    pub max_concurrent: usize,
+    /// `--max-agents`: agent calls per run; the next `start` fails with `agent-limit`.
+    pub max_agents: u64,
+    /// `--budget-tokens`: total tokens the run may spend; `None` is unlimited.
+    pub budget_tokens: Option<u64>,
+    /// `--timeout`: wall-clock limit of the whole run.
+    #[serde(rename = "timeout_ms", with = "millis")]
+    pub timeout: Duration,
+    /// `--max-cpu`: time the guest itself computes (time suspended waiting on agents does not count).
+    #[serde(rename = "max_cpu_ms", with = "millis")]
+    pub max_cpu: Duration,
+    /// `--max-memory`: linear memory of the guest, in bytes.
+    pub max_memory: usize,
+    /// `--max-log-bytes`: bytes the guest may write to stdout/stderr and `log`.
+    pub max_log_bytes: usize,
+    /// `--max-batch`: calls in one `parallel` batch or ids in one `wait`.
+    pub max_batch: usize,
+    /// `--max-prompt-bytes`: bytes of one agent prompt, schema included.
+    pub max_prompt_bytes: usize,
+    /// `--max-output-tokens`: default and ceiling of an agent's output tokens per request.
+    pub max_output_tokens: u32,
+    /// Limits of the read/glob/grep/git tools.
+    pub tools: ToolLimits,
+}
+
+impl Default for RunLimits {
+    fn default() -> Self {
+        RunLimits {
+            max_concurrent: 16,
+            max_agents: 1000,
+            budget_tokens: None,
+            timeout: Duration::from_secs(30 * 60),
+            max_cpu: Duration::from_secs(60),
+            max_memory: 256 << 20,
+            max_log_bytes: 1 << 20,
+            max_batch: 4096,
+            max_prompt_bytes: 1 << 20,
+            max_output_tokens: 8192,
+            tools: ToolLimits::default(),
+        }
+    }
+}
+
+/// The largest `--max-memory` the process can grant; the pooling allocator reserves address
+/// space for it up front.
+pub const MAX_MEMORY_CEILING: usize = 4 << 30;
+
+/// A run ended because it hit one of its limits. Carried inside a trap, so the run's result can
+/// name the limit that ended it.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum LimitExceeded {
+    /// The guest computed longer than `--max-cpu`.
+    #[error(
+        "guest CPU limit exceeded: the workflow computed for more than {0:?} (raise --max-cpu, or find the loop that never ends)"
+    )]
+    Cpu(Duration),
+    /// The run took longer than `--timeout`.
+    #[error("run timeout exceeded: the run took longer than {0:?} (raise --timeout)")]
+    Timeout(Duration),
+    /// The guest asked for more memory than `--max-memory`.
+    #[error(
+        "guest memory limit exceeded: the workflow tried to grow its memory to {requested} bytes, over the limit of {limit} bytes (raise --max-memory, or keep less data in the workflow)"
+    )]
+    Memory {
+        /// Bytes the guest asked for.
+        requested: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The guest tried to create more tables, instances or table elements than allowed.
+    #[error("guest resource limit exceeded: {0}")]
+    Resource(String),
+    /// The guest passed more entries in one `parallel` or `wait` than `--max-batch`.
+    #[error(
+        "batch limit exceeded: the workflow passed {size} entries in one {what}, over the limit of {limit} (split the batch, or raise --max-batch)"
+    )]
+    Batch {
+        /// `parallel` or `wait`.
+        what: &'static str,
+        /// Entries passed.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The guest wrote more than `--max-log-bytes`.
+    #[error(
+        "log limit exceeded: the workflow wrote more than {0} bytes of output and log lines (raise --max-log-bytes)"
+    )]
+    Log(usize),
+}
+
+/// Durations as whole milliseconds in a serialised spec.
+mod millis {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(value.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let ms: u64 = serde::Deserialize::deserialize(d)?;
+        Ok(Duration::from_millis(ms))
+    }
+}
+
+/// Formats a duration the way [`parse_duration`] reads it (`30m`, `60s`, `250ms`).
+pub fn format_duration(duration: Duration) -> String {
+    let ms = duration.as_millis();
+    if ms.is_multiple_of(3_600_000) && ms > 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// Formats a size the way [`parse_size`] reads it (`256MiB`, `4KiB`, `1000`).
+pub fn format_size(bytes: usize) -> String {
+    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if bytes > 0 && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
+/// Parses a duration such as `500ms`, `30s`, `10m`, `2h` (a bare number means seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().map_err(|_| {
+        format!(
+            "invalid duration '{text}': expected a number with a unit, like 500ms, 30s, 10m or 2h"
+        )
+    })?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "invalid duration unit '{other}' in '{text}': use ms, s, m or h"
+            ));
+        }
+    };
+    if !seconds.is_finite() || seconds <= 0.0 {
+        return Err(format!(
+            "invalid duration '{text}': it must be greater than zero"
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Parses a size such as `256MiB`, `1GiB`, `64k`, `1048576` (bytes).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: usize = number.parse().map_err(|_| {
+        format!("invalid size '{text}': expected a number with an optional unit, like 256MiB")
+    })?;
+    let multiplier: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "invalid size unit '{other}' in '{text}': use B, KiB, MiB or GiB"
+            ));
+        }
+    };
+    value
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("size '{text}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(
+            parse_duration("10 parsecs")
+                .unwrap_err()
+                .contains("use ms, s, m or h")
+        );
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn formatted_limits_parse_back() {
+        for duration in [
+            Duration::from_secs(1800),
+            Duration::from_secs(60),
+            Duration::from_millis(250),
+        ] {
+            assert_eq!(
+                parse_duration(&format_duration(duration)).unwrap(),
+                duration
+            );
+        }
+        assert_eq!(format_duration(Duration::from_secs(1800)), "30m");
+        for size in [256 << 20, 1 << 30, 4096, 1000] {
+            assert_eq!(parse_size(&format_size(size)).unwrap(), size);
+        }
+        assert_eq!(format_size(256 << 20), "256MiB");
+    }
+
+    #[test]
+    fn limits_round_trip_through_json_and_missing_fields_take_defaults() {
+        let limits = RunLimits {
+            budget_tokens: Some(5),
+            ..RunLimits::default()
+        };
+        let text = serde_json::to_string(&limits).unwrap();
+        assert!(text.contains("\"timeout_ms\":1800000"), "{text}");
+        assert_eq!(serde_json::from_str::<RunLimits>(&text).unwrap(), limits);
+        let partial: RunLimits = serde_json::from_str(r#"{"max_agents": 3}"#).unwrap();
+        assert_eq!(
+            partial,
+            RunLimits {
+                max_agents: 3,
+                ..RunLimits::default()
+            }
+        );
+        let error = serde_json::from_str::<RunLimits>(r#"{"max_agent": 3}"#).unwrap_err();
+        assert!(
+            error.to_string().contains("unknown field `max_agent`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(
+            parse_size("12 bananas")
+                .unwrap_err()
+                .contains("use B, KiB, MiB or GiB")
+        );
+    }
+}

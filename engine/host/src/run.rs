@@ -1,0 +1,321 @@
+//! The run lifetime: one `Store`, one scheduler, one budget ledger. A run ends with a
+//! [`RunReport`]; whatever the guest does, only its own run ends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Instance, TypedFunc};
+use wasmtime::{Store, UpdateDeadline};
+
+use crate::agent_loop::AgentContext;
+use crate::artifact::Script;
+use crate::budget::BudgetLedger;
+use crate::events::EventSink;
+use crate::host::{CpuMeter, RunLimiter, RunState, Workflow as Bindings, stdio::LogBuffer};
+use crate::limits::{LimitExceeded, RunLimits};
+use crate::provider::Provider;
+use crate::runtime::{Runtime, Workflow};
+use crate::scheduler::{AgentScheduler, AgentStats, CallJournal};
+use crate::tools::ToolRoot;
+
+/// Everything one run needs besides the workflow.
+pub struct RunOptions {
+    /// The run's arguments as JSON text (`null` when none).
+    pub args_json: String,
+    /// The directory the tools may read; `None` means no filesystem at all.
+    pub root: Option<ToolRoot>,
+    /// The run's limits.
+    pub limits: RunLimits,
+    /// Who answers agent calls.
+    pub provider: Arc<dyn Provider>,
+    /// Where progress goes.
+    pub events: Arc<dyn EventSink>,
+    /// The script, when the workflow is a script runtime.
+    pub script: Option<Script>,
+    /// Where the run's calls are recorded, and what it may replay.
+    pub journal: Option<CallJournal>,
+    /// Resolves when someone asks to stop the run (`None`: nobody can).
+    pub stop: Option<StopSignal>,
+    /// Budgets and slots the run shares with other runs.
+    pub shared: Shared,
+    /// Only load the script (the runtime's front-end checks), do not run it: `corral check`.
+    pub load_only: bool,
+}
+
+/// What a run shares with other runs (a tenant's quotas, a process-wide slot pool).
+#[derive(Default, Clone)]
+pub struct Shared {
+    /// Ledgers every provider request also reserves in (e.g. a tenant's daily tokens).
+    pub budgets: Vec<Arc<BudgetLedger>>,
+    /// Slots every agent call also holds while it runs.
+    pub slots: Option<Arc<dyn crate::scheduler::SlotGate>>,
+}
+
+/// Resolves when someone asks to stop a run; the run then ends with [`RunError::Stopped`].
+pub type StopSignal = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// How a run failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RunError {
+    /// The workflow returned an error.
+    #[error("the workflow failed: {0}")]
+    Workflow(String),
+    /// The workflow crashed (a trap: panic, unreachable, stack overflow ...).
+    #[error("the workflow crashed: {0}")]
+    Crashed(String),
+    /// A host-enforced limit ended the run.
+    #[error("{0}")]
+    Limit(LimitExceeded),
+    /// The script runtime refused the script (syntax errors and the like).
+    #[error("{0}")]
+    Script(String),
+    /// The host could not run the workflow.
+    #[error("cannot run the workflow: {0}")]
+    Host(String),
+    /// Someone asked to stop the run (`corral runs stop`).
+    #[error("the run was stopped on request")]
+    Stopped,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// The workflow's result as JSON text, or why there is none.
+    pub outcome: Result<String, RunError>,
+    /// Agent call counters.
+    pub agents: AgentStats,
+    /// Tokens charged to the budget.
+    pub spent_tokens: u64,
+    /// The budget, if any.
+    pub budget_tokens: Option<u64>,
+    /// Wall-clock time of the run.
+    pub wall: Duration,
+    /// Time the guest itself computed.
+    pub guest_cpu: Duration,
+    /// Time it took to instantiate the component (zero if it never got that far).
+    pub instantiate: Duration,
+}
+
+type ScriptLoad = TypedFunc<(String, String), (Result<(), String>,)>;
+
+impl Runtime {
+    /// Runs a loaded workflow to completion.
+    pub async fn run(&self, workflow: &Workflow, options: RunOptions) -> RunReport {
+        let began = Instant::now();
+        let limits = options.limits.clone();
+        let ledger = BudgetLedger::with_parents(limits.budget_tokens, options.shared.budgets);
+        let context = AgentContext {
+            provider: Arc::clone(&options.provider),
+            ledger: Arc::clone(&ledger),
+            tools: options.root.clone(),
+        };
+        let events = options.events;
+        let mut scheduler = AgentScheduler::new(
+            context,
+            limits.max_concurrent,
+            limits.max_agents,
+            Arc::clone(&events),
+        );
+        if let Some(journal) = options.journal {
+            scheduler = scheduler.with_journal(journal);
+        }
+        if let Some(gate) = options.shared.slots {
+            scheduler = scheduler.with_gate(gate);
+        }
+        let log = LogBuffer::new(limits.max_log_bytes, Arc::clone(&events));
+        let (stdout, stderr) = (log.stream(), log.stream());
+        let seed = run_seed(workflow, &options.args_json, options.script.as_ref());
+        let wasi = crate::host::wasi::run_ctx(seed, stdout.clone(), stderr.clone());
+        let state = RunState {
+            wasi,
+            table: wasmtime::component::ResourceTable::new(),
+            limiter: RunLimiter::new(limits.max_memory),
+            limits: limits.clone(),
+            scheduler,
+            ledger: Arc::clone(&ledger),
+            tools: options.root,
+            events,
+            phase: None,
+            log: log.clone(),
+            cpu: CpuMeter::new(),
+            schemas: std::collections::HashMap::new(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        let max_cpu = limits.max_cpu;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |context| {
+            if context.data().cpu.guest_time() > max_cpu {
+                return Err(LimitExceeded::Cpu(max_cpu).into());
+            }
+            // Yield every tick so that one busy guest never starves other runs on this thread.
+            Ok(UpdateDeadline::Yield(1))
+        });
+
+        let mut instantiate = Duration::ZERO;
+        let execution = execute(
+            workflow,
+            &mut store,
+            options.args_json,
+            options.script,
+            &mut instantiate,
+            options.load_only,
+        );
+        let bounded = async {
+            match tokio::time::timeout(limits.timeout, execution).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(RunError::Limit(LimitExceeded::Timeout(limits.timeout))),
+            }
+        };
+        let outcome = match options.stop {
+            Some(stop) => tokio::select! {
+                outcome = bounded => outcome,
+                () = stop => Err(RunError::Stopped),
+            },
+            None => bounded.await,
+        };
+        stdout.finish();
+        stderr.finish();
+        let outcome = outcome.map_err(|error| explain(error, &log));
+
+        let state = store.data_mut();
+        state.scheduler.shutdown();
+        let agents = state.scheduler.stats();
+        RunReport {
+            outcome,
+            agents,
+            spent_tokens: ledger.spent(),
+            budget_tokens: ledger.total(),
+            wall: began.elapsed(),
+            guest_cpu: state.cpu.guest_time(),
+            instantiate,
+        }
+    }
+}
+
+async fn execute(
+    workflow: &Workflow,
+    store: &mut Store<RunState>,
+    args_json: String,
+    script: Option<Script>,
+    instantiate: &mut Duration,
+    load_only: bool,
+) -> Result<String, RunError> {
+    let began = Instant::now();
+    let instance: Instance = workflow
+        .instance_pre
+        .instantiate_async(&mut *store)
+        .await
+        .map_err(classify)?;
+    *instantiate = began.elapsed();
+    let bindings = Bindings::new(&mut *store, &instance)
+        .map_err(|error| RunError::Host(format!("{error:#}")))?;
+    let script = script.or_else(|| workflow.embedded_script.clone());
+    match (&workflow.script_load, script) {
+        (Some(index), Some(script)) => {
+            let load: ScriptLoad =
+                instance
+                    .get_typed_func(&mut *store, index)
+                    .map_err(|error| {
+                        RunError::Host(format!(
+                            "the script runtime's load function has the wrong type: {error:#}"
+                        ))
+                    })?;
+            let (loaded,) = load
+                .call_async(&mut *store, (script.name, script.source))
+                .await
+                .map_err(classify)?;
+            loaded.map_err(RunError::Script)?;
+        }
+        (Some(_), None) => {
+            return Err(RunError::Host(format!(
+                "{} is a script runtime: give it a script to run",
+                workflow.name
+            )));
+        }
+        (None, Some(script)) => {
+            return Err(RunError::Host(format!(
+                "{} is not a script runtime, so it cannot run {}",
+                workflow.name, script.name
+            )));
+        }
+        (None, None) => {}
+    }
+    if load_only {
+        return Ok("null".to_string());
+    }
+    let result = bindings
+        .call_run(&mut *store, &args_json)
+        .await
+        .map_err(classify)?;
+    result.map_err(RunError::Workflow)
+}
+
+/// The seed of a run's virtual clocks and random numbers: the same workflow, script and
+/// arguments give the same seed, so a resumed or replayed run sees the same values.
+fn run_seed(workflow: &Workflow, args_json: &str, script: Option<&Script>) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(workflow.hash().as_bytes());
+    hasher.update([0]);
+    hasher.update(args_json.as_bytes());
+    if let Some(script) = script {
+        hasher.update([0]);
+        hasher.update(script.source.as_bytes());
+    }
+    let digest = hasher.finalize();
+    u64::from_le_bytes(
+        digest[..8]
+            .try_into()
+            .expect("a SHA-256 digest has 32 bytes"),
+    )
+}
+
+/// Names what ended a run that trapped.
+fn classify(error: wasmtime::Error) -> RunError {
+    for cause in error.chain() {
+        if let Some(limit) = cause.downcast_ref::<LimitExceeded>() {
+            return RunError::Limit(limit.clone());
+        }
+        if let Some(exit) = cause.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            return RunError::Workflow(format!(
+                "the workflow exited with status {} without returning a result",
+                exit.0
+            ));
+        }
+    }
+    if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
+        return RunError::Limit(limit.clone());
+    }
+    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+        return RunError::Crashed(trap.to_string());
+    }
+    RunError::Crashed(format!("{error:#}"))
+}
+
+/// Adds what the guest last printed to a crash, where a Rust panic message or a JS stack lands.
+fn explain(error: RunError, log: &LogBuffer) -> RunError {
+    match error {
+        RunError::Crashed(message) => {
+            let tail = log.tail();
+            let printed: Vec<&String> = tail
+                .iter()
+                .rev()
+                .take(6)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            if printed.is_empty() {
+                RunError::Crashed(message)
+            } else {
+                let printed: Vec<&str> = printed.iter().map(|line| line.as_str()).collect();
+                RunError::Crashed(format!(
+                    "{message}; it last printed:\n  {}",
+                    printed.join("\n  ")
+                ))
+            }
+        }
+        other => other,
+    }
+}

@@ -1,0 +1,274 @@
+//! The sandboxed, read-only tool root: read, glob, grep and git over a run's root directory.
+//!
+//! Everything here is reachable by untrusted guests (and by LLM sub-agents), so every file access
+//! goes through one `cap_std::fs::Dir` opened once in [`ToolRoot::open`]: a path argument can never
+//! name anything outside the root, whether by `..`, an absolute path or a symlink. Directory walks
+//! (glob, grep, untracked files) use the `ignore` crate without following symlinks, so they never
+//! yield an entry outside the root either. Git access is read-only, through `gix`, and never shells
+//! out.
+//!
+//! Every limit a guest can hit has a name, a default and a CLI flag, and the error says which.
+
+mod confine;
+mod git;
+mod grep;
+mod walk;
+
+#[cfg(test)]
+mod tests;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+/// Limits on what one tool call may return; each one has a CLI flag of the same name.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ToolLimits {
+    /// Largest file `read` (and `git_show` of a file) returns, in bytes (`--max-read-bytes`).
+    pub max_read_bytes: u64,
+    /// Most paths one `glob` returns (`--max-glob-results`).
+    pub max_glob_results: usize,
+    /// Most matches one `grep` returns (`--max-grep-matches`).
+    pub max_grep_matches: usize,
+    /// Most bytes of one grep or git answer (`--max-output-bytes`).
+    pub max_output_bytes: usize,
+}
+
+impl Default for ToolLimits {
+    fn default() -> Self {
+        Self {
+            max_read_bytes: 1024 * 1024,
+            max_glob_results: 10_000,
+            max_grep_matches: 1_000,
+            max_output_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why a tool call failed. The message is meant for the guest (often an LLM): it names the path or
+/// limit and says how to fix the call.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ToolError {
+    /// The call would reach outside the root.
+    #[error("{0}")]
+    Denied(String),
+    /// The file, revision target or repository does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The arguments are malformed (empty path, NUL byte, bad pattern, bad revision, directory).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The answer would exceed one of the [`ToolLimits`].
+    #[error("{0}")]
+    Limit(String),
+    /// An I/O or repository error the guest cannot fix by changing its arguments.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Options of [`ToolRoot::grep`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrepOptions {
+    /// Only search files whose root-relative path matches this glob (same syntax as `glob`,
+    /// except that a pattern without `/` matches file names at any depth, like ripgrep's `-g`).
+    pub glob: Option<String>,
+    /// Match case-insensitively.
+    pub ignore_case: bool,
+    /// Stop after this many matches (clamped to `--max-grep-matches`; reaching it is not an error).
+    pub max_matches: Option<u32>,
+}
+
+/// One line that matched a grep pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrepMatch {
+    /// Root-relative path with `/` separators.
+    pub path: String,
+    /// 1-based line number.
+    pub line: u32,
+    /// The matching line without its line terminator (lossy UTF-8).
+    pub text: String,
+}
+
+/// One commit, as listed by [`ToolRoot::git_log`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    /// Full hex object id.
+    pub id: String,
+    /// Author as `Name <email>`.
+    pub author: String,
+    /// Author time in unix seconds.
+    pub time: i64,
+    /// First line of the message.
+    pub summary: String,
+}
+
+/// One path whose working-tree state differs from `HEAD`, as listed by [`ToolRoot::git_status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusEntry {
+    /// Root-relative path with `/` separators.
+    pub path: String,
+    /// `"modified"`, `"added"` (in the index, not in `HEAD`), `"deleted"` or `"untracked"`.
+    pub status: String,
+}
+
+/// A directory that tools may read, and nothing outside it. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct ToolRoot {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Canonical path of the root; used only to start directory walks and to open the repository.
+    path: PathBuf,
+    /// The capability every file access goes through.
+    dir: cap_std::fs::Dir,
+    limits: ToolLimits,
+    /// Opened on first use, so that roots that are no repository pay nothing.
+    repo: OnceLock<gix::ThreadSafeRepository>,
+}
+
+impl std::fmt::Debug for ToolRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolRoot")
+            .field("path", &self.inner.path)
+            .field("limits", &self.inner.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ToolRoot {
+    /// Opens `dir` as a tool root. This is the only place ambient filesystem authority is used.
+    pub fn open(dir: &Path, limits: ToolLimits) -> Result<ToolRoot, ToolError> {
+        let shown = dir.display();
+        let path = std::fs::canonicalize(dir).map_err(|err| match err.kind() {
+            std::io::ErrorKind::NotFound => {
+                ToolError::NotFound(format!("root directory {shown} does not exist"))
+            }
+            _ => ToolError::Io(format!("cannot open root directory {shown}: {err}")),
+        })?;
+        if !path.is_dir() {
+            return Err(ToolError::InvalidInput(format!(
+                "root {shown} is not a directory: give a directory as the root"
+            )));
+        }
+        let cap = cap_std::fs::Dir::open_ambient_dir(&path, cap_std::ambient_authority())
+            .map_err(|err| ToolError::Io(format!("cannot open root directory {shown}: {err}")))?;
+        Ok(ToolRoot {
+            inner: Arc::new(Inner {
+                path,
+                dir: cap,
+                limits,
+                repo: OnceLock::new(),
+            }),
+        })
+    }
+
+    /// The canonical path of the root directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The limits this root enforces.
+    pub fn limits(&self) -> &ToolLimits {
+        &self.inner.limits
+    }
+
+    /// Reads a file (following symlinks only while they stay inside the root) as lossy UTF-8.
+    pub fn read(&self, path: &str) -> Result<String, ToolError> {
+        let rel = confine::normalize(path)?;
+        let bytes = self.read_bytes(path, confine::as_dir_path(&rel))?;
+        Ok(confine::lossy(bytes))
+    }
+
+    /// Reads a regular file under the root, enforcing `max_read_bytes`. `shown` is the path as the
+    /// guest wrote it, for messages; `rel` is its normalised form.
+    fn read_bytes(&self, shown: &str, rel: &str) -> Result<Vec<u8>, ToolError> {
+        let max = self.inner.limits.max_read_bytes;
+        // The metadata check comes first so that a FIFO or device is never opened (that could block).
+        let meta = self
+            .inner
+            .dir
+            .metadata(rel)
+            .map_err(|err| confine::io_error(shown, err))?;
+        if meta.is_dir() {
+            return Err(ToolError::InvalidInput(format!(
+                "{shown:?} is a directory, not a file: use glob to list the files in it"
+            )));
+        }
+        if !meta.is_file() {
+            return Err(ToolError::InvalidInput(format!(
+                "{shown:?} is not a regular file: only regular files can be read"
+            )));
+        }
+        if meta.len() > max {
+            return Err(read_limit(shown, meta.len(), max));
+        }
+        let file = self
+            .inner
+            .dir
+            .open(rel)
+            .map_err(|err| confine::io_error(shown, err))?;
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        // `take` guards against a file that grew after the metadata check.
+        file.take(max + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|err| confine::io_error(shown, err))?;
+        if bytes.len() as u64 > max {
+            return Err(read_limit(shown, bytes.len() as u64, max));
+        }
+        Ok(bytes)
+    }
+
+    /// Lists the files whose root-relative path matches `pattern`, sorted, with `/` separators.
+    ///
+    /// `*` and `?` do not cross `/`; `**` does. Ignored (`.gitignore`, `.ignore`) and hidden files
+    /// are skipped, and symlinks are not followed, like ripgrep.
+    pub fn glob(&self, pattern: &str) -> Result<Vec<String>, ToolError> {
+        walk::glob(self, pattern)
+    }
+
+    /// Searches the files under the root (optionally only those matching `options.glob`) for lines
+    /// matching the regular expression `pattern`. Matches are sorted by path, then line.
+    pub fn grep(&self, pattern: &str, options: &GrepOptions) -> Result<Vec<GrepMatch>, ToolError> {
+        grep::grep(self, pattern, options)
+    }
+
+    /// Lists commits reachable from `HEAD`, newest first; with `path`, only commits that changed
+    /// it compared to their first parent. At most `max` commits when given.
+    pub fn git_log(&self, path: Option<&str>, max: Option<u32>) -> Result<Vec<Commit>, ToolError> {
+        git::log(self, path, max)
+    }
+
+    /// Without `path`: the commit header, message and unified patch against its first parent.
+    /// With `path`: the content of that file at `rev` (lossy UTF-8).
+    pub fn git_show(&self, rev: &str, path: Option<&str>) -> Result<String, ToolError> {
+        git::show(self, rev, path)
+    }
+
+    /// A unified diff. `None`: `HEAD` against the working tree; `"a..b"`: tree `a` against tree
+    /// `b` (an empty side means `HEAD`); `"rev"`: `rev` against the working tree. Only tracked
+    /// files (in the revision or the index) take part in working-tree diffs.
+    pub fn git_diff(&self, range: Option<&str>) -> Result<String, ToolError> {
+        git::diff(self, range)
+    }
+
+    /// The paths whose working-tree state differs from `HEAD`, plus untracked files that
+    /// `.gitignore` does not exclude, sorted by path.
+    pub fn git_status(&self) -> Result<Vec<StatusEntry>, ToolError> {
+        git::status(self)
+    }
+}
+
+fn read_limit(shown: &str, size: u64, max: u64) -> ToolError {
+    ToolError::Limit(format!(
+        "{shown:?} is {size} bytes, over the read limit of {max} bytes: \
+         raise --max-read-bytes or read a smaller file"
+    ))
+}
+
+fn output_limit(what: &str, max: usize, fix: &str) -> ToolError {
+    ToolError::Limit(format!(
+        "the {what} is larger than the output limit of {max} bytes: {fix}, or raise --max-output-bytes"
+    ))
+}

@@ -1,0 +1,159 @@
+//! Plans: a dry run on the simulated provider that counts agents per phase and model and
+//! estimates tokens and cost. `start` checks it against the budget before a run begins.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use corral_host::config::CorralConfig;
+use corral_host::events::{EventSink, RunEvent};
+use corral_host::provider::Usage;
+use serde::Serialize;
+
+/// What a dry run found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    /// Agent calls the dry run made.
+    pub agents: u64,
+    /// Tokens they used (input + output + cache).
+    pub tokens: u64,
+    /// Dollars, at the prices of `priced_as`, of the models that have a price.
+    pub cost: f64,
+    /// Whether every model had a price.
+    pub priced: bool,
+    /// The provider whose prices were used.
+    pub priced_as: String,
+    /// Per phase, in order of appearance.
+    pub phases: Vec<PhasePlan>,
+    /// Why the dry run did not finish, if it did not (the estimate covers what ran).
+    pub incomplete: Option<String>,
+}
+
+/// One phase of a plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PhasePlan {
+    /// Its title (empty: agents without a phase).
+    pub name: String,
+    /// Agent calls.
+    pub agents: u64,
+    /// Tokens by kind.
+    pub usage: Usage,
+    /// Dollars.
+    pub cost: f64,
+    /// Per model as requested (alias or id).
+    pub models: Vec<ModelPlan>,
+}
+
+/// The calls of one model within a phase.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelPlan {
+    /// The model as requested (`default` when the call named none).
+    pub model: String,
+    /// Calls.
+    pub agents: u64,
+    /// Tokens.
+    pub usage: Usage,
+}
+
+/// Collects a dry run's events.
+#[derive(Default)]
+pub(crate) struct PlanSink {
+    state: Mutex<PlanState>,
+}
+
+#[derive(Default)]
+struct PlanState {
+    /// Phases in the order they appeared (a phase may have no agents).
+    order: Vec<String>,
+    usage: BTreeMap<String, BTreeMap<String, (u64, Usage)>>,
+}
+
+impl EventSink for PlanSink {
+    fn event(&self, event: &RunEvent) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            RunEvent::Phase { title: phase }
+            | RunEvent::AgentQueued {
+                phase: Some(phase), ..
+            } if !state.order.contains(phase) => state.order.push(phase.clone()),
+            RunEvent::AgentFinished {
+                phase,
+                usage,
+                model,
+                ..
+            } => {
+                let phase = phase.clone().unwrap_or_default();
+                if !state.order.contains(&phase) {
+                    state.order.push(phase.clone());
+                }
+                // The simulated provider names its models `sim-<alias>`: report what was asked.
+                let model = model.strip_prefix("sim-").unwrap_or(model).to_string();
+                let entry = state
+                    .usage
+                    .entry(phase)
+                    .or_default()
+                    .entry(model)
+                    .or_default();
+                entry.0 += 1;
+                entry.1.add(usage);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl PlanSink {
+    /// The plan, priced by `price(model as requested, usage)`.
+    pub(crate) fn plan(
+        &self,
+        agents: u64,
+        tokens: u64,
+        priced_as: String,
+        price: &dyn Fn(&str, &Usage) -> Option<f64>,
+        incomplete: Option<String>,
+    ) -> Plan {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut phases = Vec::new();
+        let (mut cost, mut priced) = (0.0, true);
+        for name in &state.order {
+            let Some(models) = state.usage.get(name) else {
+                continue;
+            };
+            let mut phase = PhasePlan {
+                name: name.clone(),
+                agents: 0,
+                usage: Usage::default(),
+                cost: 0.0,
+                models: Vec::new(),
+            };
+            for (model, (count, usage)) in models {
+                phase.agents += count;
+                phase.usage.add(usage);
+                match price(model, usage) {
+                    Some(dollars) => phase.cost += dollars,
+                    None => priced = false,
+                }
+                phase.models.push(ModelPlan {
+                    model: model.clone(),
+                    agents: *count,
+                    usage: *usage,
+                });
+            }
+            cost += phase.cost;
+            phases.push(phase);
+        }
+        Plan {
+            agents,
+            tokens,
+            cost,
+            priced,
+            priced_as,
+            phases,
+            incomplete,
+        }
+    }
+}
+
+/// Prices a model id at the configured (or built-in) prices.
+pub(crate) fn price_of(config: &CorralConfig, model: &str, usage: &Usage) -> f64 {
+    config.price(model).map_or(0.0, |price| price.cost(usage))
+}
