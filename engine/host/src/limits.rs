@@ -143,6 +143,9 @@ pub fn format_size(bytes: usize) -> String {
     bytes.to_string()
 }
 
+/// The longest duration a flag takes.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Parses a duration such as `500ms`, `30s`, `10m`, `2h` (a bare number means seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -171,7 +174,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "invalid duration '{text}': it must be greater than zero"
         ));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|duration| *duration <= MAX_DURATION)
+        .ok_or_else(|| format!("invalid duration '{text}': the longest is 100 years (876000h)"))
 }
 
 /// Parses a size such as `256MiB`, `1GiB`, `64k`, `1048576` (bytes).
@@ -216,6 +222,18 @@ mod tests {
                 .contains("use ms, s, m or h")
         );
         assert!(parse_duration("0s").is_err());
+        for huge in [
+            "100000000000000000000000h",
+            "9999999999999999999999999999",
+            "1e400",
+        ] {
+            assert!(
+                parse_duration(huge)
+                    .unwrap_err()
+                    .contains("invalid duration"),
+                "{huge}"
+            );
+        }
     }
 
     #[test]

@@ -506,11 +506,14 @@ async fn submit_run(
         let plan = service.plan(&spec).await?;
         return Ok(Json(json!({"plan": plan})).into_response());
     }
+    // The plan is checked against a budget the request names; the tenant's default budget still
+    // stops the run, but does not cost every submission a dry run.
+    let force = request.force || request.budget_tokens.is_none();
     let handle = service
         .start(
             spec,
             StartOptions {
-                force: request.force,
+                force,
                 ..StartOptions::default()
             },
         )

@@ -640,7 +640,7 @@ impl RunService {
                 (Some(id), last)
             }
             (Some(store), None) => {
-                let id = store.begin_run(NewRun {
+                let new_run = NewRun {
                     workflow: spec.workflow.name.clone(),
                     workflow_hash: prepared.workflow.hash().to_string(),
                     script: spec.workflow.script.as_ref().map(|s| s.source.clone()),
@@ -652,7 +652,14 @@ impl RunService {
                     tenant: spec.tenant.clone(),
                     spec: serde_json::to_string(&spec).unwrap_or_default(),
                     status,
-                })?;
+                };
+                // Waiting for the commit must not hold up the runtime's other tasks.
+                let store = Arc::clone(store);
+                let id = tokio::task::spawn_blocking(move || store.begin_run(new_run))
+                    .await
+                    .map_err(|error| {
+                        ServiceError::Store(StoreError::WriterGone(error.to_string()))
+                    })??;
                 (Some(id), 0)
             }
             (None, _) => (None, 0),
@@ -774,7 +781,7 @@ impl RunService {
                     Err(error) => (None, Some(error.to_string())),
                 };
                 // The store is a record, not the run: failing to finish it must not fail it.
-                let _ = store.finish_run(
+                let finished = store.finish_run(
                     id,
                     RunFinish {
                         status: final_status(&report.outcome),
@@ -785,6 +792,11 @@ impl RunService {
                         cost,
                     },
                 );
+                if let Err(error) = finished {
+                    events.event(&RunEvent::Log {
+                        message: format!("corral: the run's end could not be recorded: {error}"),
+                    });
+                }
             }
             events.event(&RunEvent::RunFinished {
                 ok: report.outcome.is_ok(),
@@ -968,7 +980,7 @@ impl RunService {
     pub fn list(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, ServiceError> {
         let mut runs = self.store()?.list_runs(filter)?;
         for run in &mut runs {
-            run.status = self.effective_status(run);
+            run.status = self.settled_status(run)?;
         }
         Ok(runs)
     }
@@ -977,8 +989,25 @@ impl RunService {
     pub fn show(&self, scope: Option<&str>, id: &str) -> Result<RunDetail, ServiceError> {
         let id = self.resolve(scope, id)?;
         let mut detail = self.store()?.run_detail(&id)?;
-        detail.summary.status = self.effective_status(&detail.summary);
+        let status = self.settled_status(&detail.summary)?;
+        if status.is_final() && !detail.summary.status.is_final() {
+            // It finished between the read and the check: read what it finished with.
+            detail = self.store()?.run_detail(&id)?;
+        }
+        detail.summary.status = status;
         Ok(detail)
+    }
+
+    /// [`RunService::effective_status`] of a row read from the store, re-read once when this
+    /// process finished the run between the read and the check (it leaves the live table only
+    /// after its final status is stored).
+    fn settled_status(&self, run: &RunSummary) -> Result<RunStatus, ServiceError> {
+        let status = self.effective_status(run);
+        if status == RunStatus::Interrupted && run.pid == i64::from(std::process::id()) {
+            let again = self.store()?.run_detail(&run.id)?.summary;
+            return Ok(self.effective_status(&again));
+        }
+        Ok(status)
     }
 
     /// One call's prompt, options and transcript.

@@ -189,26 +189,46 @@ const DAY_MS: i64 = 86_400_000;
 /// fewer than the smallest request that quota already refused: its calls could only fail.
 pub const MIN_ADMISSION_TOKENS: u64 = 1024;
 
-/// Days since the epoch → (year, month) of that UTC day.
-fn year_month(day: i64) -> (i64, i64) {
-    let z = day + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month)
-}
-
-/// The first UTC day (since the epoch) of `day`'s month.
+/// The first UTC day (since the epoch) of `day`'s calendar month.
 fn month_start(day: i64) -> i64 {
-    let key = year_month(day);
+    let month = |day: i64| corral_store::format_time(day * DAY_MS)[..7].to_string();
+    let key = month(day);
     let mut first = day;
-    while year_month(first - 1) == key {
+    while month(first - 1) == key {
         first -= 1;
     }
     first
+}
+
+/// Which token quota a ledger is.
+#[derive(Clone, Copy)]
+enum Period {
+    Day,
+    Month,
+}
+
+impl Period {
+    fn quota(self) -> &'static str {
+        match self {
+            Period::Day => "tokens_per_day",
+            Period::Month => "tokens_per_month",
+        }
+    }
+
+    fn frees(self) -> &'static str {
+        match self {
+            Period::Day => "it frees at 00:00 UTC",
+            Period::Month => "it frees on the 1st of next month, 00:00 UTC",
+        }
+    }
+
+    /// The first day of the period containing `today`.
+    fn first_day(self, today: i64) -> i64 {
+        match self {
+            Period::Day => today,
+            Period::Month => month_start(today),
+        }
+    }
 }
 
 impl Tenant {
@@ -219,23 +239,8 @@ impl Tenant {
     ) -> Result<Self, StoreError> {
         let today = now_ms().div_euclid(DAY_MS);
         let quota = &settings.quota;
-        let day = window(
-            store,
-            &name,
-            today,
-            today,
-            quota.tokens_per_day,
-            "tokens_per_day",
-        )?;
-        let first = month_start(today);
-        let month = window(
-            store,
-            &name,
-            first,
-            first,
-            quota.tokens_per_month,
-            "tokens_per_month",
-        )?;
+        let day = window(store, &name, Period::Day, today, quota.tokens_per_day)?;
+        let month = window(store, &name, Period::Month, today, quota.tokens_per_month)?;
         Ok(Tenant {
             agents: Arc::new(Semaphore::new(quota.agents_in_flight.max(1) as usize)),
             name,
@@ -256,30 +261,18 @@ impl Tenant {
     fn ledgers(&self, store: &dyn RunStore) -> Result<Vec<Arc<BudgetLedger>>, StoreError> {
         let today = now_ms().div_euclid(DAY_MS);
         let quota = &self.settings.quota;
-        let mut day = self.day.lock().unwrap_or_else(|p| p.into_inner());
-        if day.key != today {
-            *day = window(
-                store,
-                &self.name,
-                today,
-                today,
-                quota.tokens_per_day,
-                "tokens_per_day",
-            )?;
+        let mut ledgers = Vec::with_capacity(2);
+        for (slot, period, limit) in [
+            (&self.day, Period::Day, quota.tokens_per_day),
+            (&self.month, Period::Month, quota.tokens_per_month),
+        ] {
+            let mut current = slot.lock().unwrap_or_else(|p| p.into_inner());
+            if current.key != period.first_day(today) {
+                *current = window(store, &self.name, period, today, limit)?;
+            }
+            ledgers.push(Arc::clone(&current.ledger));
         }
-        let first = month_start(today);
-        let mut month = self.month.lock().unwrap_or_else(|p| p.into_inner());
-        if month.key != first {
-            *month = window(
-                store,
-                &self.name,
-                first,
-                first,
-                quota.tokens_per_month,
-                "tokens_per_month",
-            )?;
-        }
-        Ok(vec![Arc::clone(&day.ledger), Arc::clone(&month.ledger)])
+        Ok(ledgers)
     }
 
     /// What the tenant uses against each quota.
@@ -329,23 +322,22 @@ impl Tenant {
 fn window(
     store: &dyn RunStore,
     tenant: &str,
-    key: i64,
-    first_day: i64,
+    period: Period,
+    today: i64,
     limit: u64,
-    quota: &'static str,
 ) -> Result<Window, StoreError> {
-    let spent = store.tenant_tokens_since(tenant, first_day * DAY_MS)?;
-    let frees = if quota == "tokens_per_day" {
-        "it frees at 00:00 UTC"
-    } else {
-        "it frees on the 1st of next month, 00:00 UTC"
-    };
+    let first = period.first_day(today);
+    let spent = store.tenant_tokens_since(tenant, first * DAY_MS)?;
     Ok(Window {
-        key,
+        key: first,
         ledger: BudgetLedger::shared(
             limit,
             spent,
-            format!("tenant {tenant}'s {quota} quota ({frees})"),
+            format!(
+                "tenant {tenant}'s {} quota ({})",
+                period.quota(),
+                period.frees()
+            ),
         ),
     })
 }
@@ -700,9 +692,8 @@ mod tests {
     #[test]
     fn months_start_on_the_first() {
         // 2026-12-01 is day 20788 since the epoch; 2026-11-30 is in November.
-        assert_eq!(year_month(20_788), (2026, 12));
-        assert_eq!(year_month(20_787), (2026, 11));
         assert_eq!(month_start(20_788 + 15), 20_788);
+        assert_eq!(month_start(20_788), 20_788);
         assert_eq!(month_start(20_787), 20_787 - 29);
     }
 

@@ -237,6 +237,36 @@ fn tokens_are_checked_and_read_only_tokens_only_read() {
             .contains("expired")
     );
 
+    drop(server);
+
+    // Tenants and tokens declared in corral.toml (only the token's hash is written there).
+    let config = data.path().join("corral.toml");
+    let secret = "crl_declared_0123456789abcdef";
+    let digest: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(secret.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "[tenants.declared]\ntokens = [{{ sha256 = \"{digest}\", read_only = true }}]\n[tenants.declared.quota]\nruns = 2\n"
+        ),
+    )
+    .unwrap();
+    let server = TestServer::start(data.path(), &["--config", config.to_str().unwrap()], &[]);
+    let declared = server.client(secret);
+    let usage = declared.get("/v1/usage");
+    assert_eq!(usage.json["tenant"], "declared", "{}", usage.text);
+    assert_eq!(usage.json["quotas"]["runs"]["limit"], 2);
+    assert_error(
+        &declared.post("/v1/runs", &json!({"script": "return 1"})),
+        403,
+        "read_only",
+    );
+
     let writer = server.client(&token);
     let hash = writer.upload_script("fanout.js", FANOUT);
     let id = writer.submit(&json!({"workflow": hash, "args": {"n": 1}}));
@@ -374,6 +404,10 @@ fn bad_input_gets_a_clear_4xx_and_loses_nothing() {
             answer.text
         );
     }
+    // A budget the plan exceeds is refused before anything runs, with the plan.
+    let over = submit(json!({"budget_tokens": 10}));
+    assert_error(&over, 422, "over_budget");
+    assert_eq!(over.json["plan"]["agents"], 1, "{}", over.text);
     assert_error(&api.get("/v1/runs?status=exploded"), 400, "invalid_query");
     assert_error(&api.get("/v1/runs?limt=3"), 400, "invalid_query");
     assert_error(
@@ -445,6 +479,7 @@ fn tenant_quotas_are_enforced_on_the_host() {
         &["--runs", "2", "--agents-in-flight", "2"],
     );
     let daily = tenant_with_token(data.path(), "daily", &["--tokens-per-day", "6000"]);
+    let monthly = tenant_with_token(data.path(), "monthly", &["--tokens-per-month", "6000"]);
     let server = TestServer::start(data.path(), &[], &[]);
     let api = server.client(&token);
     let hash = api.upload_script("fanout.js", FANOUT);
@@ -500,9 +535,14 @@ fn tenant_quotas_are_enforced_on_the_host() {
     let peak = peak_overlap(&pair, &[&runs[0], &runs[1]]);
     assert!(peak <= 2, "{peak} agents were in flight at once");
 
-    // Tokens per day: racing runs never overshoot it; a call that does not fit fails with the
-    // quota's name; once it is (nearly) used up, new runs are refused.
-    let daily = server.client(&daily);
+    // Tokens per day and per month.
+    token_quota_holds(&server.client(&daily), "tokens_per_day");
+    token_quota_holds(&server.client(&monthly), "tokens_per_month");
+}
+
+/// Racing runs never overshoot a token quota; a call that does not fit fails with the quota's
+/// name; once it is used up, new runs are refused up front with when it frees.
+fn token_quota_holds(daily: &Api, quota: &str) {
     let hash = daily.upload_script("fanout.js", FANOUT);
     let runs: Vec<String> = (0..3)
         .map(|_| {
@@ -524,13 +564,13 @@ fn tenant_quotas_are_enforced_on_the_host() {
             .filter(|a| {
                 a["error"]
                     .as_str()
-                    .is_some_and(|e| e.contains("tokens_per_day quota"))
+                    .is_some_and(|e| e.contains(&format!("{quota} quota")))
             })
             .count();
     }
-    assert!(quota_failures > 0, "no call was refused by the daily quota");
+    assert!(quota_failures > 0, "no call was refused by {quota}");
     let usage = daily.get("/v1/usage").json;
-    let used = usage["quotas"]["tokens_per_day"]["used"].as_u64().unwrap();
+    let used = usage["quotas"][quota]["used"].as_u64().unwrap();
     assert!(used <= 6000 && used > 0, "{usage}");
     let spent: u64 = runs
         .iter()
@@ -550,13 +590,13 @@ fn tenant_quotas_are_enforced_on_the_host() {
     if rest.status == 201 {
         daily.wait(rest.json["id"].as_str().unwrap());
     }
-    let used = daily.get("/v1/usage").json["quotas"]["tokens_per_day"]["used"]
+    let used = daily.get("/v1/usage").json["quotas"][quota]["used"]
         .as_u64()
         .unwrap();
     assert!(used <= 6000, "{used}");
     let refused = daily.post("/v1/runs", &json!({"workflow": hash, "args": {"n": 1}}));
     assert_error(&refused, 429, "quota_exceeded");
-    assert_eq!(refused.json["quota"], "tokens_per_day");
+    assert_eq!(refused.json["quota"], quota);
     assert!(refused.text.contains("00:00 UTC"), "{}", refused.text);
 }
 
@@ -779,6 +819,20 @@ fn restart_without_paying_twice(kill: bool) {
     assert!(resent.len() <= if kill { 6 } else { 0 }, "{resent:?}");
     // The journal's totals count every call once.
     assert_eq!(detail["counts"]["agents"], n);
+    // The provider's key is the operator's: no answer carries it.
+    for path in [
+        format!("/v1/runs/{id}"),
+        format!("/v1/runs/{id}/agents"),
+        format!("/v1/runs/{id}/agents/1"),
+        "/v1/usage".to_string(),
+    ] {
+        assert!(
+            !api.get(&path).text.contains("test-key"),
+            "{path} leaks the key"
+        );
+    }
+    let events = api.events(&id, None, 100_000);
+    assert!(!format!("{events:?}").contains("test-key"));
 }
 
 #[test]
