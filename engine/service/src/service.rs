@@ -146,6 +146,7 @@ struct Inner {
     bundled: Vec<BundledRuntime>,
     tenancy: Option<Arc<Tenancy>>,
     live: Mutex<HashMap<String, LiveRun>>,
+    stop_poller: std::sync::atomic::AtomicBool,
 }
 
 /// The run service. Cheap to clone; every clone is the same service.
@@ -171,6 +172,7 @@ impl RunService {
                 bundled: config.bundled,
                 tenancy: config.tenancy,
                 live: Mutex::new(HashMap::new()),
+                stop_poller: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -703,10 +705,10 @@ impl RunService {
             }
             _ => None,
         };
-        let stops = id
-            .as_ref()
-            .zip(store.as_ref())
-            .map(|(id, store)| (stop_receiver, Arc::clone(store), id.clone()));
+        let stops = id.as_ref().map(|_| stop_receiver);
+        if let Some(store) = &store {
+            self.start_stop_poller(store);
+        }
 
         let service = self.clone();
         let run_id = id.clone();
@@ -714,10 +716,8 @@ impl RunService {
         let resumed_from = spec.resumed_from.clone();
         let budget = spec.limits.budget_tokens;
         let task = tokio::spawn(async move {
-            let stop = |stops: &Option<(watch::Receiver<bool>, Arc<dyn RunStore>, String)>| {
-                stops.as_ref().map(|(receiver, store, id)| {
-                    stop_signal(receiver.clone(), Arc::clone(store), id.clone())
-                })
+            let stop = |stops: &Option<watch::Receiver<bool>>| {
+                stops.as_ref().map(|receiver| stop_signal(receiver.clone()))
             };
             events.event(&RunEvent::RunStarted {
                 run_id: run_id.clone(),
@@ -873,6 +873,40 @@ impl RunService {
             }
         }
         Ok(resumed)
+    }
+
+    /// Once per service: a task that asks the store, every [`STOP_POLL`], which of this
+    /// process's runs another process asked to stop (`corral runs stop`), and stops them. One
+    /// query for all runs, however many there are.
+    fn start_stop_poller(&self, store: &Arc<dyn RunStore>) {
+        if self
+            .inner
+            .stop_poller
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let inner = Arc::downgrade(&self.inner);
+        let store = Arc::clone(store);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(STOP_POLL).await;
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                let asking = Arc::clone(&store);
+                let Ok(Ok(ids)) = tokio::task::spawn_blocking(move || asking.stop_requests()).await
+                else {
+                    continue;
+                };
+                let live = inner.live.lock().unwrap_or_else(|p| p.into_inner());
+                for id in ids {
+                    if let Some(run) = live.get(&id) {
+                        let _ = run.stop.send(true);
+                    }
+                }
+            }
+        });
     }
 
     /// Asks run `id` to stop: at once when this process runs it, else through the store (the
@@ -1216,36 +1250,17 @@ fn process_alive(pid: i64) -> bool {
     pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Resolves on a stop from this process (the watch) or from another one (the store's flag).
-fn stop_signal(
-    mut local: watch::Receiver<bool>,
-    store: Arc<dyn RunStore>,
-    id: String,
-) -> corral_host::StopSignal {
+/// Resolves once the run's stop watch says stop: asked in this process, or by another one
+/// through the store (the service's stop poller forwards those).
+fn stop_signal(mut local: watch::Receiver<bool>) -> corral_host::StopSignal {
     Box::pin(async move {
-        let local = async {
-            // A closed channel means the service is gone: never stop for that.
-            while local.changed().await.is_ok() {
-                if *local.borrow() {
-                    return;
-                }
+        // A closed channel means the service is gone: never stop for that.
+        while local.changed().await.is_ok() {
+            if *local.borrow() {
+                return;
             }
-            std::future::pending::<()>().await;
-        };
-        let remote = async {
-            loop {
-                tokio::time::sleep(STOP_POLL).await;
-                let (store, id) = (Arc::clone(&store), id.clone());
-                let asked = tokio::task::spawn_blocking(move || store.stop_requested(&id)).await;
-                if matches!(asked, Ok(Ok(true))) {
-                    return;
-                }
-            }
-        };
-        tokio::select! {
-            () = local => {}
-            () = remote => {}
         }
+        std::future::pending::<()>().await;
     })
 }
 

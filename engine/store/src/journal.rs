@@ -366,6 +366,19 @@ impl RunStore for Journal {
             .map(|_| ())
     }
 
+    fn stop_requests(&self) -> Result<Vec<String>, StoreError> {
+        let db = self.reader()?;
+        let mut statement = db
+            .prepare(
+                "SELECT id FROM runs WHERE stop_requested = 1 AND status IN ('queued', 'running')",
+            )
+            .map_err(|e| self.error(e))?;
+        statement
+            .query_map([], |row| row.get(0))
+            .and_then(Iterator::collect)
+            .map_err(|e| self.error(e))
+    }
+
     fn stop_requested(&self, id: &str) -> Result<bool, StoreError> {
         self.reader()?
             .query_row(

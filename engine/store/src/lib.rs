@@ -376,6 +376,8 @@ pub trait RunStore: Send + Sync + 'static {
     fn flush(&self) -> Result<(), StoreError>;
     /// Asks whoever runs `id` to stop it.
     fn request_stop(&self, id: &str) -> Result<(), StoreError>;
+    /// Runs still queued or running that someone asked to stop.
+    fn stop_requests(&self) -> Result<Vec<String>, StoreError>;
     /// Whether someone asked to stop `id`.
     fn stop_requested(&self, id: &str) -> Result<bool, StoreError>;
     /// A full id, or the one run an unambiguous prefix (of id characters only) names.

@@ -99,6 +99,8 @@ fn a_run_and_its_calls_round_trip() {
     assert!(!journal.stop_requested(&run).unwrap());
     journal.request_stop(&run).unwrap();
     assert!(journal.stop_requested(&run).unwrap());
+    // A finished run's stop request asks nobody.
+    assert!(journal.stop_requests().unwrap().is_empty());
     assert_eq!(detail.calls.len(), 2);
     assert_eq!(detail.calls[0].status, CallStatus::Ok);
     assert_eq!(detail.calls[0].label.as_deref(), Some("label a"));
@@ -191,6 +193,8 @@ fn events_page_by_sequence_and_runs_filter_by_tenant_and_status() {
     assert_eq!(of("acme", None), vec![acme.clone()]);
     assert_eq!(of("globex", Some(RunStatus::Queued)), vec![other.clone()]);
     assert!(of("globex", Some(RunStatus::Running)).is_empty());
+    journal.request_stop(&other).unwrap();
+    assert_eq!(journal.stop_requests().unwrap(), vec![other.clone()]);
     let unfinished: Vec<String> = journal
         .unfinished_runs()
         .unwrap()
