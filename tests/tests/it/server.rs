@@ -110,6 +110,43 @@ fn a_script_runs_end_to_end_through_the_api() {
     assert_eq!(listed.json["runs"][0]["id"], id.as_str(), "{}", listed.text);
     assert_eq!(api.get("/v1/runs?status=running").json["runs"], json!([]));
 
+    // `corral runs stop` from another process stops a server's run; the API resumes it, paying
+    // only for what did not complete.
+    let slow = api.submit(&json!({
+        "workflow": hash,
+        "args": {"n": 40},
+        "limits": {"max_concurrent": 2},
+        "sim_latency_ms": 100,
+    }));
+    wait_until("a few calls of the slow run", || {
+        api.get(&format!("/v1/runs/{slow}")).json["counts"]["done"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 4
+    });
+    corral_ok(data.path(), &["runs", "stop", &slow]);
+    let stopped = api.wait(&slow);
+    assert_eq!(stopped["status"], "stopped", "{stopped}");
+    let done = stopped["counts"]["done"].as_u64().unwrap();
+    let resumed = api.post(&format!("/v1/runs/{slow}/resume"), &json!({}));
+    assert_eq!(resumed.status, 201, "{}", resumed.text);
+    let again = resumed.json["id"].as_str().unwrap().to_string();
+    assert_eq!(resumed.json["resumes"], slow.as_str());
+    let finished = api.wait(&again);
+    assert_eq!(finished["status"], "succeeded", "{finished}");
+    assert_eq!(finished["resumed_from"], slow.as_str());
+    let agents = api.get(&format!("/v1/runs/{again}/agents")).json;
+    let replayed = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["replayed"] == true)
+        .count() as u64;
+    assert_eq!(
+        replayed, done,
+        "every completed call is answered from the journal"
+    );
+
     // A live run streams as it goes, and a named root is the tenant's directory.
     let audit = std::fs::read_to_string(tests::guests::workspace_root().join("workflows/audit.js"))
         .unwrap();
