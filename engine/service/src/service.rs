@@ -445,11 +445,12 @@ impl RunService {
                             if known.is_empty() { "it has none".to_string() } else { known.join(", ") }
                         ))
                     })?;
-                Some(
-                    ToolRoot::open(dir, spec.limits.tools.clone()).map_err(|error| {
-                        ServiceError::Invalid(format!("the root '{name}' cannot be used: {error}"))
-                    })?,
-                )
+                // The operator's path stays the operator's: the message names the root only.
+                Some(ToolRoot::open(dir, spec.limits.tools.clone()).map_err(|_| {
+                    ServiceError::Invalid(format!(
+                        "the root '{name}' cannot be opened on this server: ask the operator to check it"
+                    ))
+                })?)
             }
         };
         Ok(Prepared {
@@ -998,11 +999,8 @@ impl RunService {
             None => store.resolve_id(id)?,
         };
         if let Some(tenant) = scope {
-            let owner = match store.run_detail(&id) {
-                Ok(detail) => detail.summary.tenant,
-                Err(StoreError::UnknownRun(_)) => None,
-                Err(other) => return Err(other.into()),
-            };
+            // One index lookup either way: another tenant's run costs what an unknown one does.
+            let owner = store.run_owner(&id)?.flatten();
             if owner.as_deref() != Some(tenant) {
                 return Err(ServiceError::UnknownRun(id));
             }

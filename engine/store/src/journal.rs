@@ -418,6 +418,15 @@ impl RunStore for Journal {
         }
     }
 
+    fn run_owner(&self, id: &str) -> Result<Option<Option<String>>, StoreError> {
+        self.reader()?
+            .query_row("SELECT tenant FROM runs WHERE id = ?1", [id], |row| {
+                row.get(0)
+            })
+            .optional()
+            .map_err(|e| self.error(e))
+    }
+
     fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
         let db = self.reader()?;
         let before: Option<(i64, i64)> = match &filter.before {

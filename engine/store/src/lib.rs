@@ -382,6 +382,8 @@ pub trait RunStore: Send + Sync + 'static {
     fn stop_requested(&self, id: &str) -> Result<bool, StoreError>;
     /// A full id, or the one run an unambiguous prefix (of id characters only) names.
     fn resolve_id(&self, id_or_prefix: &str) -> Result<String, StoreError>;
+    /// The owner of run `id`: `None` when there is no such run, `Some(None)` for a local run.
+    fn run_owner(&self, id: &str) -> Result<Option<Option<String>>, StoreError>;
     /// Runs, newest first.
     fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError>;
     /// Runs still queued or running, oldest first (to pick up after a restart).

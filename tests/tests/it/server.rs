@@ -454,6 +454,24 @@ fn bad_input_gets_a_clear_4xx_and_loses_nothing() {
     );
     assert_error(&api.get("/v1/nothing-here"), 404, "not_found");
 
+    // A root that went missing is refused without quoting the operator's path.
+    let gone = tempfile::tempdir().unwrap();
+    let gone_path = gone.path().display().to_string();
+    let roots = tenant_with_token(
+        data.path(),
+        "roots",
+        &["--root", &format!("gone={gone_path}")],
+    );
+    drop(gone);
+    let roots = server.client(&roots);
+    let hash_roots = roots.upload_script("fanout.js", FANOUT);
+    let missing = roots.post(
+        "/v1/runs",
+        &json!({"workflow": hash_roots, "root": "gone", "args": {"n": 1}}),
+    );
+    assert_error(&missing, 400, "invalid");
+    assert!(!missing.text.contains(&gone_path), "{}", missing.text);
+
     // Nothing already stored was lost.
     let after = api.wait(&id);
     assert_eq!(after, before);
