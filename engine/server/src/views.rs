@@ -1,10 +1,8 @@
 //! The JSON the API answers: runs, phases, agents. Only this crate serialises wire formats.
 
-use std::collections::BTreeMap;
-
 use corral_host::config::CorralConfig;
 use corral_host::provider::Usage;
-use corral_store::{CallRow, CallStatus, CallTranscript, RunDetail, RunSummary, format_time};
+use corral_store::{CallRow, CallTranscript, RunDetail, RunSummary, format_time};
 use serde_json::{Value, json};
 
 fn usage(usage: &Usage) -> Value {
@@ -38,53 +36,14 @@ pub fn summary(run: &RunSummary) -> Value {
     })
 }
 
-#[derive(Default)]
-struct PhaseTotals {
-    done: u64,
-    running: u64,
-    queued: u64,
-    failed: u64,
-    usage: Usage,
-    cost: f64,
-}
-
 /// `GET /v1/runs/{id}`: status, phases, counts, tokens, cost.
 pub fn detail(run: &RunDetail, config: &CorralConfig) -> Value {
-    let mut order: Vec<String> = Vec::new();
-    let mut phases: BTreeMap<String, PhaseTotals> = BTreeMap::new();
-    for entry in &run.events {
-        if entry.kind == "phase" && !order.contains(&entry.text) {
-            order.push(entry.text.clone());
-        }
-    }
-    let mut counts = PhaseTotals::default();
-    for call in &run.calls {
-        let name = call.phase.clone().unwrap_or_default();
-        if !order.contains(&name) {
-            order.push(name.clone());
-        }
-        let phase = phases.entry(name).or_default();
-        for totals in [&mut *phase, &mut counts] {
-            match call.status {
-                CallStatus::Ok => totals.done += 1,
-                CallStatus::Failed => totals.failed += 1,
-                CallStatus::Queued if call.started_ms.is_some() => totals.running += 1,
-                CallStatus::Queued => totals.queued += 1,
-            }
-            if !call.replayed {
-                totals.usage.add(&call.usage);
-                if let Some(price) = call.model.as_deref().and_then(|m| config.price(m)) {
-                    totals.cost += price.cost(&call.usage);
-                }
-            }
-        }
-    }
-    let phases: Vec<Value> = order
+    let (phases, counts) = corral_service::report::phase_totals(run, config);
+    let phases: Vec<Value> = phases
         .iter()
-        .map(|name| {
-            let totals = phases.remove(name).unwrap_or_default();
+        .map(|totals| {
             json!({
-                "name": name,
+                "name": totals.name,
                 "done": totals.done,
                 "running": totals.running,
                 "queued": totals.queued,

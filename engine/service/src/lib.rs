@@ -10,6 +10,7 @@
 mod error;
 pub mod plan;
 pub mod pool;
+pub mod report;
 mod service;
 pub mod spec;
 pub mod tenancy;

@@ -1,16 +1,14 @@
 //! `corral runs`: the journal of runs — list, show, stop, resume.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 
-use corral_host::provider::Usage;
 use corral_host::record::ReusePolicy;
 use corral_service::RunService;
-use corral_store::{CallStatus, RunDetail, RunFilter, format_time};
+use corral_store::{RunDetail, RunFilter, format_time};
 
 use super::progress::{PhaseTally, phase_line};
 use super::run::{Display, ServiceArgs, data_dir, open_journal, service, service_failure};
@@ -242,47 +240,22 @@ fn print_report(detail: &RunDetail, config: &corral_host::config::CorralConfig) 
     }
     out!("provider {}  args {}", detail.provider, detail.args);
     out!();
-    let mut phases: Vec<String> = Vec::new();
-    let mut tallies: BTreeMap<String, PhaseTally> = BTreeMap::new();
-    for call in &detail.calls {
-        let phase = call.phase.clone().unwrap_or_default();
-        if !phases.contains(&phase) {
-            phases.push(phase.clone());
-        }
-        let tally = tallies.entry(phase).or_default();
-        match call.status {
-            CallStatus::Ok => tally.done += 1,
-            CallStatus::Failed => tally.failed += 1,
-            CallStatus::Queued if call.started_ms.is_some() => tally.running += 1,
-            CallStatus::Queued => tally.queued += 1,
-        }
-        // Answers replayed from the journal were not paid again.
-        if !call.replayed {
-            tally.usage.add(&call.usage);
-            if let Some(price) = call.model.as_deref().and_then(|model| config.price(model)) {
-                tally.cost += price.cost(&call.usage);
-            }
-        }
-    }
-    for phase in &phases {
-        let tally = &tallies[phase];
-        let calls = detail
-            .calls
-            .iter()
-            .filter(|c| c.phase.clone().unwrap_or_default() == *phase);
-        let (first, last) = calls.fold((i64::MAX, 0), |(lo, hi), c| {
-            (
-                lo.min(c.queued_ms),
-                hi.max(c.finished_ms.unwrap_or(c.queued_ms)),
-            )
-        });
+    let (phases, all) = corral_service::report::phase_totals(detail, config);
+    // Phases without a call have no line in the report.
+    for phase in phases.iter().filter(|p| p.span_ms.is_some()) {
+        let tally = PhaseTally {
+            queued: phase.queued,
+            running: phase.running,
+            done: phase.done,
+            failed: phase.failed,
+            usage: phase.usage,
+            cost: phase.cost,
+        };
+        let (first, last) = phase.span_ms.unwrap_or_default();
         let elapsed = Duration::from_millis((last - first).max(0) as u64);
-        out!("{}", phase_line(phase, tally, elapsed));
+        out!("{}", phase_line(&phase.name, &tally, elapsed));
     }
-    let mut total = Usage::default();
-    for tally in tallies.values() {
-        total.add(&tally.usage);
-    }
+    let total = all.usage;
     out!(
         "total: {} agents, {} tokens, ${:.4}",
         detail.calls.len(),
