@@ -159,6 +159,10 @@ impl Wake for RootWake {
     }
 }
 
+/// The most calls one `agents.wait` asks about (the host refuses a wait over `--max-batch`,
+/// 4096 by default, and the WIT world does not tell the guest its value).
+pub const WAIT_BATCH: usize = 1024;
+
 /// The message of the error returned when the workflow waits for something no agent call will
 /// ever complete.
 pub(crate) const DEADLOCK: &str =
@@ -205,6 +209,9 @@ pub fn block_on<F: Future>(future: F) -> Result<F::Output, Error> {
             return Err(Error::new(DEADLOCK));
         }
         ids.extend(abandoned);
+        // The oldest pending calls only: the host runs calls first in, first out, so every call
+        // that can finish next is among them, and one wait stays under the host's --max-batch.
+        ids.truncate(WAIT_BATCH);
         let completions = host.wait(&ids);
         if completions.is_empty() {
             return Err(Error::new(format!(

@@ -135,6 +135,25 @@ fn parallel_starts_every_call_before_waiting_and_keeps_input_order() {
 }
 
 #[test]
+fn concurrent_fan_outs_wait_in_chunks_the_host_accepts() {
+    use crate::executor::WAIT_BATCH;
+    // Two parallels of 2500 at once: 5000 pending calls, more than one wait may name.
+    let host = FakeHost::install(700, 10_000);
+    let fan = |side: &'static str| {
+        parallel((0..2500).map(move |i| agent(format!("{side}{i}"), AgentOptions::new())))
+    };
+    let both = block_on(parallel([fan("a"), fan("b")])).unwrap().unwrap();
+    for outcomes in both {
+        let outcomes = outcomes.unwrap();
+        assert_eq!(outcomes.len(), 2500);
+        assert!(outcomes.iter().all(Result::is_ok));
+    }
+    let state = host.state.borrow();
+    assert!(state.waits.iter().all(|ids| ids.len() <= WAIT_BATCH));
+    assert!(state.waits.iter().any(|ids| ids.len() == WAIT_BATCH));
+}
+
+#[test]
 fn one_wait_can_finish_several_calls() {
     let host = FakeHost::install(3, 100);
     let calls = (0..7).map(|i| agent(format!("p{i}"), AgentOptions::new()));

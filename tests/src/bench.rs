@@ -22,6 +22,7 @@ pub async fn scheduler_only(
         provider: Arc::new(SimProvider::new(latency)),
         ledger: BudgetLedger::new(None),
         tools: None,
+        events: Arc::new(NoEvents),
     };
     let mut scheduler = AgentScheduler::new(context, cap, u64::MAX, Arc::new(NoEvents));
     let mut ids: Vec<u64> = (0..n)

@@ -154,6 +154,8 @@ pub struct AgentContext {
     pub ledger: Arc<BudgetLedger>,
     /// The run's root, if it has one.
     pub tools: Option<ToolRoot>,
+    /// Where the host's own warnings about the run go (a provider that over-reports usage).
+    pub events: Arc<dyn crate::events::EventSink>,
 }
 
 /// Checks a tool allow-list against what agents can be granted.
@@ -513,7 +515,15 @@ async fn send(
                 }
             };
         let error = match outcome {
-            Ok(response) => {
+            Ok(mut response) => {
+                // The worst case is a true upper bound (input tokens never exceed input bytes,
+                // output never exceeds max_tokens): a claim above it is charged at the bound,
+                // and the claim is kept in a warning.
+                let claimed = response.usage;
+                response.usage = claimed.clamped(chat.input_bytes(), u64::from(chat.max_tokens));
+                if response.usage != claimed {
+                    over_reported(context, &claimed, &response.usage, worst_case);
+                }
                 reservation.settle(response.usage.total());
                 usage.add(&response.usage);
                 return Ok(response);
@@ -528,7 +538,11 @@ async fn send(
                 let amount = reservation.amount();
                 reservation.settle(amount);
             }
-            Spent::Tokens(spent) => {
+            Spent::Tokens(claimed) => {
+                let spent = claimed.clamped(chat.input_bytes(), u64::from(chat.max_tokens));
+                if spent != claimed {
+                    over_reported(context, &claimed, &spent, worst_case);
+                }
                 reservation.settle(spent.total());
                 usage.add(&spent);
             }
@@ -553,6 +567,19 @@ async fn send(
             ProviderError::Fatal { .. } => return Err(AgentError::Provider(error.to_string())),
         }
     }
+}
+
+/// Keeps a provider's over-reported usage claim in a warning of the run.
+fn over_reported(context: &AgentContext, claimed: &Usage, charged: &Usage, worst_case: u64) {
+    context.events.event(&crate::events::RunEvent::Log {
+        message: format!(
+            "corral: warning: {} reported {} tokens ({claimed:?}) for a request whose worst case \
+             is {worst_case}; charged {} instead",
+            context.provider.name(),
+            claimed.total(),
+            charged.total()
+        ),
+    });
 }
 
 fn seconds(duration: Duration) -> String {

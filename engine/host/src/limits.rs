@@ -33,6 +33,16 @@ pub struct RunLimits {
     pub max_batch: usize,
     /// `--max-prompt-bytes`: bytes of one agent prompt, schema included.
     pub max_prompt_bytes: usize,
+    /// `--max-run-prompt-bytes`: bytes of all agent prompts and schemas of the run together
+    /// (what the host holds for queued calls and writes to the journal).
+    pub max_run_prompt_bytes: usize,
+    /// `--max-schema-bytes`: bytes of one output schema.
+    pub max_schema_bytes: usize,
+    /// `--max-schemas`: distinct output schemas one run may compile (each is kept for the run).
+    pub max_schemas: usize,
+    /// `--max-option-bytes`: bytes of one agent `label`, `phase` or `model`, and of one phase
+    /// title.
+    pub max_option_bytes: usize,
     /// `--max-output-tokens`: default and ceiling of an agent's output tokens per request.
     pub max_output_tokens: u32,
     /// Limits of the read/glob/grep/git tools.
@@ -51,11 +61,103 @@ impl Default for RunLimits {
             max_log_bytes: 1 << 20,
             max_batch: 4096,
             max_prompt_bytes: 1 << 20,
+            max_run_prompt_bytes: 64 << 20,
+            max_schema_bytes: 64 << 10,
+            max_schemas: 64,
+            max_option_bytes: 1 << 10,
             max_output_tokens: 8192,
             tools: ToolLimits::default(),
         }
     }
 }
+
+impl RunLimits {
+    /// The host-protecting limits of `self` that are above `ceiling`, as `name (at most X)`:
+    /// what a tenant may not raise. The agent cap, the budget, the concurrency and the timeout
+    /// are governed by quotas instead and are not compared.
+    pub fn above(&self, ceiling: &RunLimits) -> Vec<String> {
+        let sizes = [
+            ("max_memory", self.max_memory, ceiling.max_memory),
+            ("max_log_bytes", self.max_log_bytes, ceiling.max_log_bytes),
+            ("max_batch", self.max_batch, ceiling.max_batch),
+            (
+                "max_prompt_bytes",
+                self.max_prompt_bytes,
+                ceiling.max_prompt_bytes,
+            ),
+            (
+                "max_run_prompt_bytes",
+                self.max_run_prompt_bytes,
+                ceiling.max_run_prompt_bytes,
+            ),
+            (
+                "max_schema_bytes",
+                self.max_schema_bytes,
+                ceiling.max_schema_bytes,
+            ),
+            ("max_schemas", self.max_schemas, ceiling.max_schemas),
+            (
+                "max_option_bytes",
+                self.max_option_bytes,
+                ceiling.max_option_bytes,
+            ),
+            (
+                "max_output_tokens",
+                self.max_output_tokens as usize,
+                ceiling.max_output_tokens as usize,
+            ),
+            (
+                "tools.max_read_bytes",
+                usize::try_from(self.tools.max_read_bytes).unwrap_or(usize::MAX),
+                usize::try_from(ceiling.tools.max_read_bytes).unwrap_or(usize::MAX),
+            ),
+            (
+                "tools.max_glob_results",
+                self.tools.max_glob_results,
+                ceiling.tools.max_glob_results,
+            ),
+            (
+                "tools.max_grep_matches",
+                self.tools.max_grep_matches,
+                ceiling.tools.max_grep_matches,
+            ),
+            (
+                "tools.max_output_bytes",
+                self.tools.max_output_bytes,
+                ceiling.tools.max_output_bytes,
+            ),
+            (
+                "tools.max_git_entries",
+                self.tools.max_git_entries,
+                ceiling.tools.max_git_entries,
+            ),
+        ];
+        let durations = [
+            ("max_cpu_ms", self.max_cpu, ceiling.max_cpu),
+            (
+                "tools.max_tool_time_ms",
+                self.tools.max_tool_time,
+                ceiling.tools.max_tool_time,
+            ),
+        ];
+        sizes
+            .into_iter()
+            .filter(|(_, value, max)| value > max)
+            .map(|(name, _, max)| format!("{name} (at most {max})"))
+            .chain(
+                durations
+                    .into_iter()
+                    .filter(|(_, value, max)| value > max)
+                    .map(|(name, _, max)| format!("{name} (at most {})", max.as_millis())),
+            )
+            .collect()
+    }
+}
+
+/// What each event a guest's output makes costs against `--max-log-bytes` beyond its text (a
+/// `phase` call, and every line of `log` or of stdout/stderr): the event and journal row cost the
+/// host something even when the text is empty.
+pub const PROGRESS_CALL_BYTES: usize = 32;
 
 /// The largest `--max-memory` the process can grant; the pooling allocator reserves address
 /// space for it up front.
@@ -98,6 +200,18 @@ pub enum LimitExceeded {
         /// The limit.
         limit: usize,
     },
+    /// A phase title longer than `--max-option-bytes`.
+    #[error(
+        "option limit exceeded: the workflow passed a {what} of {size} bytes, over the limit of {limit} bytes (shorten it, or raise --max-option-bytes)"
+    )]
+    Option {
+        /// What the string was.
+        what: &'static str,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The guest wrote more than `--max-log-bytes`.
     #[error(
         "log limit exceeded: the workflow wrote more than {0} bytes of output and log lines (raise --max-log-bytes)"
@@ -106,7 +220,7 @@ pub enum LimitExceeded {
 }
 
 /// Durations as whole milliseconds in a serialised spec.
-mod millis {
+pub(crate) mod millis {
     use std::time::Duration;
 
     pub fn serialize<S: serde::Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -276,6 +390,29 @@ mod tests {
         assert!(
             error.to_string().contains("unknown field `max_agent`"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn limits_above_a_ceiling_are_named() {
+        let ceiling = RunLimits::default();
+        assert!(ceiling.above(&ceiling).is_empty());
+        let mut raised = RunLimits {
+            max_memory: ceiling.max_memory + 1,
+            max_cpu: ceiling.max_cpu * 2,
+            // Quotas govern these, so they are not compared.
+            max_agents: ceiling.max_agents * 10,
+            timeout: ceiling.timeout * 10,
+            ..RunLimits::default()
+        };
+        raised.tools.max_git_entries += 1;
+        assert_eq!(
+            raised.above(&ceiling),
+            [
+                "max_memory (at most 268435456)",
+                "tools.max_git_entries (at most 250000)",
+                "max_cpu_ms (at most 60000)",
+            ]
         );
     }
 

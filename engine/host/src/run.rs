@@ -92,6 +92,9 @@ pub struct RunReport {
     pub wall: Duration,
     /// Time the guest itself computed.
     pub guest_cpu: Duration,
+    /// Host time the run's tool calls took (scripts' and agents'), counted against
+    /// `--max-tool-time`.
+    pub tool_time: Duration,
     /// Time it took to instantiate the component (zero if it never got that far).
     pub instantiate: Duration,
 }
@@ -104,10 +107,13 @@ impl Runtime {
         let began = Instant::now();
         let limits = options.limits.clone();
         let ledger = BudgetLedger::with_parents(limits.budget_tokens, options.shared.budgets);
+        // A tool-time account of this run's own, on the same directory.
+        let root = options.root.as_ref().map(ToolRoot::for_run);
         let context = AgentContext {
             provider: Arc::clone(&options.provider),
             ledger: Arc::clone(&ledger),
-            tools: options.root.clone(),
+            tools: root.clone(),
+            events: Arc::clone(&options.events),
         };
         let events = options.events;
         let mut scheduler = AgentScheduler::new(
@@ -133,12 +139,13 @@ impl Runtime {
             limits: limits.clone(),
             scheduler,
             ledger: Arc::clone(&ledger),
-            tools: options.root,
+            tools: root.clone(),
             events,
             phase: None,
             log: log.clone(),
             cpu: CpuMeter::new(),
             schemas: std::collections::HashMap::new(),
+            prompt_bytes: 0,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -178,6 +185,11 @@ impl Runtime {
         stderr.finish();
         let outcome = outcome.map_err(|error| explain(error, &log));
 
+        // Tool calls still running on blocking threads (an agent's, or one the timeout cut off)
+        // stop at their next check instead of outliving the run.
+        if let Some(root) = &root {
+            root.end();
+        }
         let state = store.data_mut();
         state.scheduler.shutdown();
         let agents = state.scheduler.stats();
@@ -188,6 +200,7 @@ impl Runtime {
             budget_tokens: ledger.total(),
             wall: began.elapsed(),
             guest_cpu: state.cpu.guest_time(),
+            tool_time: root.as_ref().map_or(Duration::ZERO, ToolRoot::tool_time),
             instantiate,
         }
     }

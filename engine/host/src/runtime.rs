@@ -152,6 +152,9 @@ impl Workflow {
     }
 }
 
+/// Native stack of one run's wasm code (wasmtime's default is 512 KiB).
+pub const WASM_STACK: usize = 4 << 20;
+
 /// One per process: the engine, the linker and the caches.
 pub struct Runtime {
     pub(crate) engine: Engine,
@@ -167,6 +170,12 @@ impl Runtime {
         let mut wasm = Config::new();
         wasm.wasm_component_model(true);
         wasm.epoch_interruption(true);
+        // Room for the deepest recursion a script runtime allows itself (QuickJS checks its
+        // own shadow stack, which this native stack must outlast), so that deep recursion is a
+        // catchable error inside the guest rather than a trap. Stack pages are touched only as
+        // deep as a run goes.
+        wasm.max_wasm_stack(WASM_STACK);
+        wasm.async_stack_size(WASM_STACK + (1 << 20));
         let live = config.max_live_runs.max(1);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(live)

@@ -138,16 +138,23 @@ impl AgentScheduler {
         self.running.len() + self.finished.len()
     }
 
-    /// Accepts a call and queues it; fails at once past the agent cap.
-    pub fn start(&mut self, request: AgentRequest) -> Result<u64, AgentError> {
-        let accepted = self.lock_stats().started;
-        if accepted >= self.max_agents {
-            self.lock_stats().refused += 1;
+    /// Refuses (and counts as refused) a call when the run has started its `--max-agents`
+    /// already; checked before any work on the request.
+    pub fn check_room(&self) -> Result<(), AgentError> {
+        let mut stats = self.lock_stats();
+        if stats.started >= self.max_agents {
+            stats.refused += 1;
             return Err(AgentError::AgentLimit(format!(
                 "agent limit reached: this run may start at most {} agents (raise --max-agents)",
                 self.max_agents
             )));
         }
+        Ok(())
+    }
+
+    /// Accepts a call and queues it; fails at once past the agent cap.
+    pub fn start(&mut self, request: AgentRequest) -> Result<u64, AgentError> {
+        self.check_room()?;
         self.lock_stats().started += 1;
         let id = self.next_id;
         self.next_id += 1;
@@ -230,7 +237,20 @@ impl AgentScheduler {
                 phase: request.phase.clone(),
             });
             let started_ms = journal.as_ref().map(|_| now_ms());
-            let (outcome, conversation) = run_agent_recorded(&context, &request, &prefixes).await;
+            // A panic inside the agent (a host bug) fails this call at once instead of leaving
+            // the run waiting for an outcome that never comes.
+            let (outcome, conversation) =
+                CatchPanic(Box::pin(run_agent_recorded(&context, &request, &prefixes)))
+                    .await
+                    .unwrap_or_else(|message| {
+                        (
+                            Err(AgentError::Provider(format!(
+                                "the agent failed inside the host ({message}); this is a bug in \
+                                 Corral, please report it with the workflow"
+                            ))),
+                            Vec::new(),
+                        )
+                    });
             if let Some(recorder) = &journal {
                 // A one-turn conversation is the prompt and the result, both recorded already;
                 // longer ones (tools, schema corrections) are kept in full.
@@ -361,3 +381,28 @@ impl Drop for Decrement {
 
 #[cfg(test)]
 mod tests;
+
+/// A future that turns a panic while polling it into an error carrying the panic's message.
+struct CatchPanic<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(poll) => poll.map(Ok),
+            Err(payload) => {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|text| (*text).to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_string());
+                std::task::Poll::Ready(Err(message))
+            }
+        }
+    }
+}

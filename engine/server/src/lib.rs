@@ -479,6 +479,18 @@ async fn submit_run(
             ),
         ));
     }
+    // A tenant may lower the limits that protect the host, never raise them.
+    let above = limits.above(&RunLimits::default());
+    if !above.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_limits",
+            format!(
+                "limits above what this server grants a run: {}",
+                above.join(", ")
+            ),
+        )
+        .hint("leave these limits out to get the server's values, or lower them"));
+    }
     let tenancy = service.tenancy()?;
     let (max_agents, budget) = tenancy
         .fit_run(&auth.0.tenant, explicit_agents, request.budget_tokens)

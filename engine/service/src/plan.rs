@@ -26,6 +26,23 @@ pub struct Plan {
     pub phases: Vec<PhasePlan>,
     /// Why the dry run did not finish, if it did not (the estimate covers what ran).
     pub incomplete: Option<String>,
+    /// Agent calls that failed in the dry run, by error kind: their tokens are not estimated.
+    pub failed: BTreeMap<String, u64>,
+}
+
+impl Plan {
+    /// Why the estimate cannot be trusted to check a budget: agents the simulated provider
+    /// could not answer (an output schema it cannot satisfy within maxTokens, say), whose real
+    /// cost is unknown.
+    pub fn unsound(&self) -> Option<String> {
+        let failed = self.failed.get("provider").copied().unwrap_or(0);
+        (failed > 0).then(|| {
+            format!(
+                "{failed} agent call(s) failed on the simulated provider in the dry run, so their \
+                 tokens are not in the estimate (run the workflow with --provider sim to see why)"
+            )
+        })
+    }
 }
 
 /// One phase of a plan.
@@ -65,6 +82,7 @@ struct PlanState {
     /// Phases in the order they appeared (a phase may have no agents).
     order: Vec<String>,
     usage: BTreeMap<String, BTreeMap<String, (u64, Usage)>>,
+    failed: BTreeMap<String, u64>,
 }
 
 impl EventSink for PlanSink {
@@ -79,8 +97,12 @@ impl EventSink for PlanSink {
                 phase,
                 usage,
                 model,
+                error,
                 ..
             } => {
+                if let Some(kind) = error {
+                    *state.failed.entry(kind.clone()).or_default() += 1;
+                }
                 let phase = phase.clone().unwrap_or_default();
                 if !state.order.contains(&phase) {
                     state.order.push(phase.clone());
@@ -149,6 +171,7 @@ impl PlanSink {
             priced_as,
             phases,
             incomplete,
+            failed: state.failed.clone(),
         }
     }
 }

@@ -605,6 +605,12 @@ impl RunService {
         let plan = match spec.limits.budget_tokens {
             Some(budget) if resume.is_none() && !options.force => {
                 let plan = self.plan_prepared(&spec, &prepared).await?;
+                if let Some(reason) = plan.unsound() {
+                    return Err(ServiceError::Invalid(format!(
+                        "cannot check the run against its budget: {reason}; fix the workflow, or \
+                         start it without the check (--force, or \"force\": true)"
+                    )));
+                }
                 if plan.tokens > budget {
                     return Err(ServiceError::OverBudget {
                         budget,
@@ -1204,6 +1210,7 @@ fn not_run(error: RunError, budget: Option<u64>) -> RunReport {
         budget_tokens: budget,
         wall: Duration::ZERO,
         guest_cpu: Duration::ZERO,
+        tool_time: Duration::ZERO,
         instantiate: Duration::ZERO,
     }
 }

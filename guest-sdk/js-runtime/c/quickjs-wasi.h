@@ -7,7 +7,10 @@
  * where QuickJS's frames live. So this header includes every libc header QuickJS needs while
  * `__wasi__` is still defined (wasi-libc's own headers require it), then hides `__wasi__` from
  * QuickJS. A runaway recursion then throws a catchable `RangeError` instead of corrupting
- * memory or trapping.
+ * memory or trapping. The check sees only the shadow stack, not the native stack the host gives
+ * wasm code, which C recursion with small shadow frames can exhaust first: the runtime keeps
+ * QuickJS's stack limit low and bounds JSON, parser and proxy nesting for that (`Limits::stack`
+ * in src/script.rs; README.md, "Limits").
  *
  * Without `__wasi__`, QuickJS can no longer ask libc for allocation sizes, so the runtime
  * enables rquickjs's `rust-alloc` feature, whose allocator records sizes itself (QuickJS's

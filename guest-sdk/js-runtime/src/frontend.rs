@@ -7,6 +7,8 @@
 //!   `meta` constant and every line and column stays where it was.
 //! - `import` declarations, `import()`, `import.meta`, `require(...)` and any other `export` are
 //!   refused.
+//! - So are what QuickJS cannot be handed: a NUL character (the source reaches it as a C string)
+//!   and brackets nested past [`lexer::MAX_NESTING`] (its parser would exhaust the native stack).
 //!
 //! Every error names the line and column and says how to fix the script, because the reader is
 //! often an LLM that has to repair it.
@@ -56,6 +58,16 @@ pub fn prepare(source: &str) -> Result<Prepared, Vec<CheckError>> {
     let mut errors = Vec::new();
     let mut body = source.to_owned();
     let mut meta = None;
+
+    if let Some(e) = lexed.error.as_ref().filter(|e| e.refused) {
+        errors.push(CheckError {
+            pos: e.pos,
+            message: e.message.clone(),
+        });
+    }
+    if let Some(e) = nul_error(source, tokens) {
+        errors.push(e);
+    }
 
     if source.starts_with("#!") {
         // QuickJS accepts a hashbang only at the very start of a script, and the script is
@@ -149,6 +161,38 @@ pub fn prepare(source: &str) -> Result<Prepared, Vec<CheckError>> {
         errors.truncate(MAX_ERRORS);
         Err(errors)
     }
+}
+
+/// Refuses the first NUL character of `source`: QuickJS is handed the script as a C string, which
+/// would end there.
+fn nul_error(source: &str, tokens: &[Token]) -> Option<CheckError> {
+    let at = source.find('\0')?;
+    let inside = tokens
+        .iter()
+        .find(|t| t.start <= at && at < t.end)
+        .map(|t| &t.kind);
+    let message = match inside {
+        Some(Kind::Str(_)) => {
+            "a NUL character (U+0000) is inside this string literal, and the runtime cannot \
+             compile a script that contains one: write it as the escape `\\u0000` instead"
+        }
+        Some(Kind::Template { .. } | Kind::TemplateRest) => {
+            "a NUL character (U+0000) is inside this template literal, and the runtime cannot \
+             compile a script that contains one: write it as the escape `\\u0000` instead"
+        }
+        Some(Kind::Regex) => {
+            "a NUL character (U+0000) is inside this regular expression, and the runtime cannot \
+             compile a script that contains one: write it as the escape `\\x00` instead"
+        }
+        _ => {
+            "the script contains a NUL character (U+0000) here, and the runtime cannot compile a \
+             script that contains one: remove it (inside a string, write the escape `\\u0000`)"
+        }
+    };
+    Some(CheckError {
+        pos: lexer::position(source, at),
+        message: message.to_owned(),
+    })
 }
 
 /// Reads `export const meta = <literal>` from the start of `tokens` and checks its fields.

@@ -5,7 +5,8 @@
 //! It is not a parser. The one ambiguity JavaScript's lexical grammar has (is `/` a division or
 //! the start of a regular expression?) is settled by the usual rule of thumb on the previous
 //! token; QuickJS remains the authority on syntax, so a lexical error found here is only a hint
-//! (see [`crate::frontend`]).
+//! (see [`crate::frontend`]), except for brackets nested past [`MAX_NESTING`], which QuickJS must
+//! never see.
 
 use std::fmt;
 
@@ -81,6 +82,23 @@ impl Token {
     }
 }
 
+/// How deep a script may nest: open brackets (`(`, `[`, `{` and template `${`) plus the prefix
+/// operators (`!`, `~`, `+`, `-`, `++`, `--`, `typeof`, `void`, `delete`, `await`) and the `**`
+/// written in a row before each of them and at the innermost level.
+///
+/// QuickJS parses each of these by recursion in C, on wasm32 about 2 KiB of native stack per
+/// bracket and 200 bytes per operator, and almost none of it on the shadow stack its overflow
+/// check watches: past ~200 brackets (or ~3000 operators) a script would end the run with an
+/// uncatchable "call stack exhausted" trap while it compiles. Real code nests a few dozen levels
+/// at most.
+pub const MAX_NESTING: usize = 100;
+
+/// Punctuators that QuickJS's parser meets by recursion when they follow one another: the
+/// prefix operators. (`**`, right-associative, recurses too, with operands in between.)
+const CHAINED_PUNCTUATORS: &[&str] = &["!", "~", "+", "-", "++", "--"];
+/// Keywords that are prefix operators.
+const CHAINED_KEYWORDS: &[&str] = &["typeof", "void", "delete", "await"];
+
 /// A lexical error: an unterminated literal or comment, or brackets that do not balance.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LexError {
@@ -88,6 +106,8 @@ pub struct LexError {
     pub pos: Pos,
     /// What is wrong, and how to fix it.
     pub message: String,
+    /// Whether the script must be refused for it, rather than the error kept as a hint.
+    pub refused: bool,
 }
 
 /// The result of tokenizing: every token up to the end, or up to the first error.
@@ -106,6 +126,9 @@ pub fn tokenize(source: &str) -> Lexed {
         i: 0,
         pos: Pos { line: 1, column: 1 },
         open: Vec::new(),
+        chains: Vec::new(),
+        chain: 0,
+        power: 0,
         tokens: Vec::new(),
         newline: false,
     };
@@ -114,6 +137,24 @@ pub fn tokenize(source: &str) -> Lexed {
         tokens: lexer.tokens,
         error,
     }
+}
+
+/// The position of byte `offset` of `source`, counted as the tokenizer (and QuickJS) counts.
+pub fn position(source: &str, offset: usize) -> Pos {
+    let mut pos = Pos { line: 1, column: 1 };
+    let mut chars = source[..offset.min(source.len())].chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\r' && chars.peek() == Some(&'\n') {
+            continue;
+        }
+        if is_line_terminator(c) {
+            pos.line += 1;
+            pos.column = 1;
+        } else {
+            pos.column += c.len_utf8() as u32;
+        }
+    }
+    pos
 }
 
 /// An open bracket, or an open template substitution (`${`).
@@ -155,6 +196,13 @@ struct Lexer<'s> {
     i: usize,
     pos: Pos,
     open: Vec<Open>,
+    /// For each open bracket, the operator chain written just before it (see [`MAX_NESTING`]),
+    /// and their sum.
+    chains: Vec<usize>,
+    /// The prefix operators in a row at the innermost level so far.
+    chain: usize,
+    /// The `**` in a row (with their operands) at the innermost level so far.
+    power: usize,
     tokens: Vec<Token>,
     newline: bool,
 }
@@ -203,10 +251,67 @@ impl<'s> Lexer<'s> {
         Err(LexError {
             pos,
             message: message.into(),
+            refused: false,
         })
     }
 
+    /// How deep the parser will be nested here (see [`MAX_NESTING`]).
+    fn nesting(&self) -> usize {
+        self.open.len() + self.chains.iter().sum::<usize>() + self.chain + self.power
+    }
+
+    /// Refuses the script when it nests past [`MAX_NESTING`] at `pos`.
+    fn check_nesting(&self, pos: Pos) -> LexResult<()> {
+        if self.nesting() <= MAX_NESTING {
+            return Ok(());
+        }
+        Err(LexError {
+            pos,
+            message: format!(
+                "brackets and prefix operators nest more than {MAX_NESTING} deep here, the most \
+                 the workflow runtime compiles (MAX_NESTING): give inner parts names (variables \
+                 or functions), or keep deep data in a JSON string and JSON.parse it"
+            ),
+            refused: true,
+        })
+    }
+
+    /// Records an open bracket, refusing the script past [`MAX_NESTING`].
+    fn open_bracket(&mut self, open: Open, pos: Pos) -> LexResult<()> {
+        self.open.push(open);
+        let before = std::mem::take(&mut self.chain) + std::mem::take(&mut self.power);
+        self.chains.push(before);
+        self.check_nesting(pos)
+    }
+
+    /// Forgets the innermost open bracket.
+    fn close_bracket(&mut self) -> Option<Open> {
+        self.chains.pop();
+        self.chain = 0;
+        self.power = 0;
+        self.open.pop()
+    }
+
     fn push(&mut self, kind: Kind, start: usize, pos: Pos) {
+        let text = &self.src[start..self.i];
+        let (chained, power, operand) = match kind {
+            Kind::Punct => (
+                CHAINED_PUNCTUATORS.contains(&text),
+                text == "**",
+                matches!(text, ")" | "]" | "}"),
+            ),
+            Kind::Ident => (CHAINED_KEYWORDS.contains(&text), false, true),
+            _ => (false, false, true),
+        };
+        // An opening bracket has just moved the chains before it into `chains`.
+        self.chain = if chained { self.chain + 1 } else { 0 };
+        self.power = if power {
+            self.power + 1
+        } else if operand {
+            self.power
+        } else {
+            0
+        };
         self.tokens.push(Token {
             kind,
             start,
@@ -234,6 +339,7 @@ impl<'s> Lexer<'s> {
                         }
                     }
                     self.push(Kind::Ident, start, pos);
+                    self.check_nesting(pos)?;
                 }
                 '0'..='9' => self.number(start, pos),
                 '.' if self.peek_at(1).is_some_and(|d| d.is_ascii_digit()) => {
@@ -250,15 +356,18 @@ impl<'s> Lexer<'s> {
                 '/' if self.regex_allowed() => self.regex(start, pos)?,
                 '{' | '(' | '[' => {
                     self.bump();
-                    self.open.push(match c {
-                        '{' => Open::Brace(pos),
-                        '(' => Open::Paren(pos),
-                        _ => Open::Bracket(pos),
-                    });
+                    self.open_bracket(
+                        match c {
+                            '{' => Open::Brace(pos),
+                            '(' => Open::Paren(pos),
+                            _ => Open::Bracket(pos),
+                        },
+                        pos,
+                    )?;
                     self.push(Kind::Punct, start, pos);
                 }
                 '}' if matches!(self.open.last(), Some(Open::Substitution(_))) => {
-                    self.open.pop();
+                    self.close_bracket();
                     self.bump();
                     self.template(start, pos, true)?;
                 }
@@ -281,6 +390,7 @@ impl<'s> Lexer<'s> {
                         self.bump();
                     }
                     self.push(Kind::Punct, start, pos);
+                    self.check_nesting(pos)?;
                 }
             }
         }
@@ -299,7 +409,7 @@ impl<'s> Lexer<'s> {
     }
 
     fn close(&mut self, c: char, pos: Pos) -> LexResult<()> {
-        let (opened, expected) = match self.open.pop() {
+        let (opened, expected) = match self.close_bracket() {
             None => {
                 return self.error(
                     pos,
@@ -542,7 +652,7 @@ impl<'s> Lexer<'s> {
                     let subst = self.pos;
                     self.bump();
                     self.bump();
-                    self.open.push(Open::Substitution(subst));
+                    self.open_bracket(Open::Substitution(subst), subst)?;
                     let kind = if continuation {
                         Kind::TemplateRest
                     } else {

@@ -7,17 +7,22 @@
 //!   `import`/`require`), then compiles it with QuickJS as the body of an async function, so
 //!   top-level `await` and a top-level `return` work. Errors name the line and column.
 //! - `run` defines `args`, calls that function and drives the event loop ([`script`]):
-//!   QuickJS jobs run until none is left; then, while agent calls are pending on the host, one
-//!   `agents.wait` hands back every finished call and their promises are settled; a script that
-//!   still waits with nothing pending on the host is deadlocked. The returned value, as JSON, is
-//!   the workflow's result.
+//!   QuickJS jobs run until none is left; nested workflows asked for are started (each in a
+//!   realm of its own) and those that finished are handed back; then, while agent calls are
+//!   pending on the host, one `agents.wait` (about the oldest [`script::WAIT_BATCH`] of them)
+//!   hands back the finished calls and their promises are settled; a script that still waits
+//!   with nothing pending on the host is deadlocked. The returned value, as JSON, is the
+//!   workflow's result; one with no JSON form (a function, a symbol) is an error.
 //!
 //! Architecture invariant: the runtime knows nothing about the engine; it reaches the host only
 //! through the imports of the WIT world, behind the [`host::Host`] trait.
 
 pub mod frontend;
+#[cfg(test)]
+mod fuzz;
 pub mod heap;
 pub mod host;
+pub mod json;
 pub mod lexer;
 pub mod script;
 

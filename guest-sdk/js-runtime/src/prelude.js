@@ -1,27 +1,198 @@
-// The JavaScript half of the workflow API (SCRIPT-API.md). Evaluated once per instance, before
-// the script is compiled. `native` holds the Rust functions that reach the host (see
-// script.rs); it is visible only here. The returned object is what Rust calls back.
-(function (native) {
+// The JavaScript half of the workflow API (SCRIPT-API.md). Evaluated once per realm (the
+// workflow's, and one per nested `workflow()`), before that realm's script is compiled. `native`
+// holds the Rust functions that reach the host (see script.rs); it is visible only here.
+// `config` is `{ nested, maxJsonDepth }`. The returned object is what Rust calls back.
+(function (native, config) {
   'use strict';
 
   const MAX_ITEMS = 4096;
+  const MAX_JSON_DEPTH = config.maxJsonDepth;
+  const apply = Reflect.apply;
 
   const define = (name, value) =>
     Object.defineProperty(globalThis, name, { value, writable: true, configurable: true, enumerable: false });
 
   const kind = (v) => (v === null ? 'null' : Array.isArray(v) ? 'an array' : typeof v);
 
+  // ---- JSON, bounded ---------------------------------------------------------------------------
+  //
+  // QuickJS's JSON.parse and JSON.stringify recurse in C on the native stack without using the
+  // shadow stack its overflow check watches, so a deeply nested value would end the run with an
+  // uncatchable "call stack exhausted" trap. These wrappers bound the nesting at MAX_JSON_DEPTH
+  // (Rust's MAX_JSON_DEPTH, passed in) and throw a catchable RangeError past it; everything else
+  // is the built-in behaviour. The runtime's own conversions (the result, logs, schemas, nested
+  // workflows' args) go through them too.
+
+  const realParse = JSON.parse;
+  const realStringify = JSON.stringify;
+
+  const tooDeep = (what) =>
+    new RangeError(
+      `${what}: the value nests arrays and objects more than ${MAX_JSON_DEPTH} deep, the workflow ` +
+        `runtime's JSON limit (MAX_JSON_DEPTH); flatten the data, or keep the deep part as a string`,
+    );
+
+  // A replacer array as the spec reads it: the property list, without duplicates.
+  const propertyList = (replacer) => {
+    const list = [];
+    for (let i = 0; i < replacer.length; i++) {
+      const v = replacer[i];
+      let key;
+      if (typeof v === 'string') key = v;
+      else if (typeof v === 'number' || v instanceof String || v instanceof Number) key = String(v);
+      if (key !== undefined && !list.includes(key)) list.push(key);
+    }
+    return list;
+  };
+  // Number, String, Boolean and BigInt objects serialise as their primitive.
+  const boxed = (v) =>
+    [Number, String, Boolean, BigInt].some((Type) => {
+      try {
+        apply(Type.prototype.valueOf, v, []);
+        return true;
+      } catch {
+        return false;
+      }
+    });
+  // What a property list keeps of an object, in the list's order.
+  const pick = (object, keys) => {
+    const picked = {};
+    for (const key of keys) {
+      const v = object[key];
+      if (v !== undefined) Object.defineProperty(picked, key, { value: v, writable: true, enumerable: true, configurable: true });
+    }
+    return picked;
+  };
+
+  const stringify = {
+    stringify(value, replacer, space) {
+      const user = typeof replacer === 'function' ? replacer : undefined;
+      const keys = user === undefined && Array.isArray(replacer) ? propertyList(replacer) : undefined;
+      // QuickJS serialises depth first and calls the replacer on each value before it descends
+      // into it, with the value's holder as `this`: the holders from the outermost one (made by
+      // JSON.stringify) to the current one are a path, and the current holder is on it.
+      const path = [];
+      function bounded(key, v) {
+        if (user !== undefined) v = apply(user, this, [key, v]);
+        if (v === null || typeof v !== 'object') return v;
+        while (path.length > 0 && path[path.length - 1] !== this) path.pop();
+        if (path.length === 0) path.push(this);
+        if (path.length > MAX_JSON_DEPTH) throw tooDeep('JSON.stringify');
+        if (keys !== undefined && !Array.isArray(v) && !boxed(v)) v = pick(v, keys);
+        path.push(v);
+        return v;
+      }
+      return realStringify(value, bounded, space);
+    },
+  }.stringify;
+
+  const parse = {
+    parse(text, reviver) {
+      const source = `${text}`;
+      // Text shorter than the limit cannot nest past it.
+      if (source.length > MAX_JSON_DEPTH) native.checkJsonDepth(source);
+      return realParse(source, reviver);
+    },
+  }.parse;
+
+  for (const [name, f] of [['parse', parse], ['stringify', stringify]]) {
+    Object.defineProperty(JSON, name, { value: f, writable: true, enumerable: false, configurable: true });
+  }
+
   // A value as log text: strings as they are, errors by name and message, the rest as JSON.
   const format = (v) => {
     if (typeof v === 'string') return v;
     if (v instanceof Error) return v.code ? `${v.name} [${v.code}]: ${v.message}` : `${v.name}: ${v.message}`;
     try {
-      const json = JSON.stringify(v);
-      return json === undefined ? String(v) : json;
-    } catch {
+      const json = stringify(v);
+      if (json !== undefined) return json;
+    } catch {}
+    try {
       return String(v);
+    } catch {
+      return `[${kind(v)}]`;
     }
   };
+
+  // ---- No handles on other frames -------------------------------------------------------------
+  //
+  // With `Error.prepareStackTrace`, QuickJS hands a script CallSite objects whose getFunction()
+  // returns the function of every frame on the stack: the built-ins these wrappers call, or the
+  // prelude's internals. Stacks stay strings.
+  Object.defineProperty(Error, 'prepareStackTrace', {
+    get: () => undefined,
+    set() {
+      throw new TypeError('Error.prepareStackTrace is not available in a workflow: read error.stack, which is a string');
+    },
+    enumerable: false,
+    configurable: false,
+  });
+
+  // ---- Code compiled at run time --------------------------------------------------------------
+  //
+  // The Function constructors compile their text with the same recursive parser as scripts: the
+  // front end's bracket limit (MAX_NESTING) applies to them too.
+  const guardConstructor = (Real, what) => {
+    const check = (argv) => native.checkNesting(what, argv.map((a) => `${a}`).join('\n'));
+    const guarded = new Proxy(Real, {
+      apply(target, thisArg, argv) {
+        check(argv);
+        return apply(target, thisArg, argv);
+      },
+      construct(target, argv, newTarget) {
+        check(argv);
+        return Reflect.construct(target, argv, newTarget);
+      },
+    });
+    Object.defineProperty(Real.prototype, 'constructor', { value: guarded, writable: false, enumerable: false, configurable: true });
+    return guarded;
+  };
+  define('Function', guardConstructor(Function, 'Function()'));
+  guardConstructor(Object.getPrototypeOf(async function () {}).constructor, 'AsyncFunction()');
+  guardConstructor(Object.getPrototypeOf(function* () {}).constructor, 'GeneratorFunction()');
+  guardConstructor(Object.getPrototypeOf(async function* () {}).constructor, 'AsyncGeneratorFunction()');
+
+  // A proxy forwards what it has no trap for to its target, in C, by recursion that the stack
+  // check cannot see (as JSON does): bound how deep proxies may wrap proxies.
+  const MAX_PROXY_DEPTH = 100;
+  const RealProxy = Proxy;
+  const realRevocable = RealProxy.revocable;
+  const proxyDepths = new WeakMap();
+  const proxyDepth = (what, target, handler) => {
+    const of = (v) => ((v !== null && (typeof v === 'object' || typeof v === 'function') && proxyDepths.get(v)) || 0);
+    const depth = Math.max(of(target), of(handler)) + 1;
+    if (depth > MAX_PROXY_DEPTH) {
+      throw new RangeError(
+        `${what}: proxies wrap proxies more than ${MAX_PROXY_DEPTH} deep, the workflow runtime's limit ` +
+          '(MAX_PROXY_DEPTH); wrap the original object instead of the last proxy',
+      );
+    }
+    return depth;
+  };
+  define(
+    'Proxy',
+    new RealProxy(RealProxy, {
+      construct(target, argv, newTarget) {
+        const depth = proxyDepth('new Proxy()', argv[0], argv[1]);
+        const proxy = Reflect.construct(target, argv, newTarget);
+        proxyDepths.set(proxy, depth);
+        return proxy;
+      },
+    }),
+  );
+  Object.defineProperty(RealProxy, 'revocable', {
+    value: {
+      revocable(target, handler) {
+        const depth = proxyDepth('Proxy.revocable()', target, handler);
+        const result = apply(realRevocable, RealProxy, [target, handler]);
+        proxyDepths.set(result.proxy, depth);
+        return result;
+      },
+    }.revocable,
+    writable: true,
+    enumerable: false,
+    configurable: true,
+  });
 
   // ---- Rule 4: no clock, no randomness, no timers -------------------------------------------
 
@@ -62,7 +233,11 @@
       if (typeof prompt !== 'string') {
         throw new TypeError(`agent(prompt, opts): prompt must be a string, not ${kind(prompt)}`);
       }
-      id = native.agentStart(prompt, opts);
+      // An object schema is sent as JSON text, made here so that it is bounded like any JSON.
+      const schema = opts === null || opts === undefined ? undefined : opts.schema;
+      const schemaText =
+        schema !== null && typeof schema === 'object' && !Array.isArray(schema) ? stringify(schema) : undefined;
+      id = native.agentStart(prompt, opts, schemaText);
     } catch (e) {
       return Promise.reject(e);
     }
@@ -162,36 +337,38 @@
       ? [nameOrPath]
       : [`workflows/${nameOrPath}.js`, `${nameOrPath}.js`];
 
-  // The run's arguments of a nested workflow: a JSON copy, as `args` of a run would be.
-  const jsonCopy = (value, what) => {
+  // The arguments of a nested workflow as JSON text (`undefined` for none), as a run's are.
+  const jsonText = (value, what) => {
     if (value === undefined) return undefined;
-    let json;
     try {
-      json = JSON.stringify(value);
+      return stringify(value);
     } catch (e) {
       throw new TypeError(`${what} must be JSON-serialisable: ${format(e)}`);
     }
-    return json === undefined ? undefined : JSON.parse(json);
   };
 
+  // Nested workflows started and not yet finished, by id.
+  const workflows = new Map();
+
   // Rule 12: the other workflow's script is read from the run's root through the host (the
-  // runtime has no filesystem), checked like any script, and run in its own function scope with
-  // its own `args`; it shares the globals, and with them the run's caps and budget. Its
-  // `workflow` is `nested`, so it cannot start another one.
+  // runtime has no filesystem) and checked like any script. The event loop then runs it in a
+  // realm of its own (its own globals, this prelude with `config.nested`), so that no route from
+  // it leads back to this function: only JSON text crosses, its args in and its result out. It
+  // shares the run's caps and budget, which are the host's.
   async function workflow(nameOrPath, args) {
     string(nameOrPath, 'workflow(nameOrPath, args): nameOrPath');
-    const copy = jsonCopy(args, 'workflow(nameOrPath, args): args');
+    const argsJson = jsonText(args, 'workflow(nameOrPath, args): args');
     const paths = workflowPaths(nameOrPath);
-    let make;
+    let id;
     for (const path of paths) {
       try {
-        make = native.loadWorkflow(path);
+        id = native.startWorkflow(path, argsJson);
         break;
       } catch (e) {
         if (e?.code !== 'not-found') throw e;
       }
     }
-    if (make === undefined) {
+    if (id === undefined) {
       const error = new Error(
         `workflow(${JSON.stringify(nameOrPath)}): no such workflow in the run's root ` +
           `(looked for ${paths.join(', ')}); pass a path relative to the root, such as 'workflows/name.js'`,
@@ -200,7 +377,30 @@
       error.code = 'not-found';
       throw error;
     }
-    return make(copy, nested)();
+    return new Promise((resolve, reject) => workflows.set(id, { resolve, reject }));
+  }
+
+  // An error a nested workflow threw, rebuilt in this realm from its parts (its own realm's
+  // objects never cross).
+  const errorTypes = { Error, TypeError, RangeError, SyntaxError, ReferenceError, EvalError, URIError };
+  if (typeof InternalError === 'function') errorTypes.InternalError = InternalError;
+  const rebuild = ({ name, message, code, stack }) => {
+    const Type = Object.hasOwn(errorTypes, name) ? errorTypes[name] : Error;
+    const error = new Type(message);
+    if (error.name !== name) error.name = name;
+    if (code !== undefined) error.code = code;
+    if (stack !== undefined) Object.defineProperty(error, 'stack', { value: stack, writable: true, configurable: true });
+    return error;
+  };
+
+  // Called by Rust when a nested workflow has finished: `ok` with its result, else with what it
+  // threw (`parts` says whether that is an error's parts to rebuild).
+  function finish(id, ok, value, parts) {
+    const call = workflows.get(id);
+    if (call === undefined) return;
+    workflows.delete(id);
+    if (ok) call.resolve(value);
+    else call.reject(parts ? rebuild(value) : value);
   }
 
   async function nested(nameOrPath) {
@@ -266,9 +466,9 @@
   define('phase', phase);
   define('log', log);
   define('budget', budget);
-  define('workflow', workflow);
+  define('workflow', config.nested ? nested : workflow);
   define('tools', tools);
   define('console', Object.freeze({ log, info: log, warn: log, error: log, debug: log }));
 
-  return { settle };
+  return { settle, finish, stringify };
 });

@@ -1,5 +1,12 @@
 //! A loaded workflow script on QuickJS: compiling it, the native functions behind the
-//! JavaScript API, and the event loop that drives agent calls to completion.
+//! JavaScript API, and the event loop that drives agent calls and nested workflows to completion.
+//!
+//! Every script runs in a realm (a QuickJS context) of its own: the workflow's, and one per
+//! `workflow()` call, made by the event loop. Realms share the runtime (heap, stack, job queue)
+//! and the host, so nested workflows share the run's caps and budget; they share no JavaScript
+//! object. Only JSON text crosses between them, through Rust, so that nothing a nested script can
+//! reach leads back to the workflow's `workflow` function: nesting stops at one level by
+//! construction, not by hiding a name.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,6 +27,11 @@ use crate::bindings::corral::workflow::tools::{GrepOptions, ToolError};
 use crate::frontend::{self, CheckError, Prepared};
 use crate::heap::{HeapAllocator, HeapMeter};
 use crate::host::Host;
+use crate::json::{self, MAX_JSON_DEPTH};
+use crate::lexer;
+
+mod nested;
+use nested::{Nested, NestedStart};
 
 /// Limits of the JavaScript engine inside the component. The host's own memory limit must leave
 /// room above `memory` for the runtime itself (a few MiB), so that a script that allocates too
@@ -29,8 +41,18 @@ pub struct Limits {
     /// QuickJS heap limit in bytes; past it, allocations throw `InternalError: out of memory`
     /// (building that error may use up to [`crate::heap::RESERVE`] more).
     pub memory: usize,
-    /// QuickJS stack limit in bytes; past it, calls throw `RangeError`. It must stay below the
-    /// component's shadow stack (1 MiB, Rust's default for wasm32).
+    /// QuickJS stack limit in bytes; past it, calls throw `RangeError`.
+    ///
+    /// QuickJS measures the shadow stack (in linear memory, 1 MiB), but what runs out first is
+    /// the native stack the host gives wasm code, which QuickJS cannot see. Recursion through
+    /// built-ins (getters, `toString`, `Array.prototype.flat`, async functions, generators)
+    /// uses up to about 5 bytes of native stack per byte of shadow stack, and QuickJS's parser
+    /// (reached by `eval` at run time) far more, so the limit is sized against the 4 MiB native
+    /// stack Corral's host gives a run (`corral_host::runtime::WASM_STACK`): at 256 KiB, `eval`
+    /// of 3000 nested parentheses trapped; at 128 KiB every deep case in the host's adversarial
+    /// tests throws (on wasmtime's default 512 KiB the limit would have to be 64 KiB). JSON and
+    /// the script's own parse are bounded on their own ([`MAX_JSON_DEPTH`],
+    /// [`lexer::MAX_NESTING`]). Simple JavaScript recursion gets about 400 frames.
     pub stack: usize,
 }
 
@@ -38,10 +60,20 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             memory: 192 << 20,
-            stack: 192 << 10,
+            stack: 128 << 10,
         }
     }
 }
+
+/// The most agent calls one `agents.wait` asks about.
+///
+/// The host ends the run when a `wait` lists more ids than its `--max-batch` (4096 by default),
+/// and the WIT world does not tell the guest that limit, so the runtime never asks about more
+/// than this many: with more calls pending, it waits for the oldest ones. The host starts calls
+/// first in, first out, so while `--max-concurrent` (16 by default) is at most this, every call
+/// that has finished is among the oldest `WAIT_BATCH` still pending, and waiting on them alone
+/// delays nothing.
+pub const WAIT_BATCH: usize = 1024;
 
 /// The file name QuickJS reports for frames of the prelude; they are left out of stack traces.
 const PRELUDE_NAME: &str = "corral:prelude";
@@ -57,18 +89,36 @@ const WRAP_START: &str = "(function (args, workflow) { return async function () 
 /// Closes both functions; on a line of its own so that a trailing `//` comment cannot swallow it.
 const WRAP_END: &str = "\n} })";
 
+/// A realm: 0 is the workflow's own, each nested workflow gets the next number.
+type RealmId = u32;
+/// The workflow's own realm.
+const TOP: RealmId = 0;
+
 /// A compiled workflow script, ready to run once.
 pub struct Workflow {
     name: String,
     /// The compiled script: `(args, workflow) => async () => body` (see [`WRAP_START`]).
     main: Persistent<Function<'static>>,
-    /// The prelude's `settle(id, ok, value)`.
-    settle: Persistent<Function<'static>>,
+    /// The prelude of the workflow's realm.
+    api: Api,
+    /// Nested workflows running, by realm.
+    nested: RefCell<BTreeMap<RealmId, Nested>>,
     state: Rc<State>,
     // The context and the runtime go last: fields drop in order, and the persistent values above
     // must be released while the runtime still exists.
     context: Context,
     runtime: Runtime,
+}
+
+/// The functions of one realm's prelude that Rust calls.
+struct Api {
+    /// `settle(id, ok, value)`: an agent call finished.
+    settle: Persistent<Function<'static>>,
+    /// `finish(id, ok, value, parts)`: a nested workflow finished (only the workflow's realm
+    /// starts any).
+    finish: Persistent<Function<'static>>,
+    /// The bounded `JSON.stringify`.
+    stringify: Persistent<Function<'static>>,
 }
 
 /// What the native functions share with the event loop.
@@ -78,10 +128,24 @@ struct State {
     heap: Rc<HeapMeter>,
     /// Whether `run` has started; host calls are refused before it (at load time).
     running: Cell<bool>,
-    /// Agent calls started and not yet handed back by `wait`, with the label they were given.
-    pending: RefCell<BTreeMap<CallId, Option<String>>>,
+    /// Agent calls started and not yet handed back by `wait`.
+    pending: RefCell<BTreeMap<CallId, PendingCall>>,
     /// Unknown option names already warned about, so each is logged once.
     warned: RefCell<BTreeSet<String>>,
+    /// `workflow()` calls whose script was read and checked, for the event loop to start.
+    queued: RefCell<Vec<NestedStart>>,
+    /// The realm the next `workflow()` call gets.
+    next_realm: Cell<RealmId>,
+    /// Nested workflows that have finished: whatever of their code still runs cannot start agents.
+    finished: RefCell<BTreeSet<RealmId>>,
+}
+
+/// An agent call waiting on the host.
+struct PendingCall {
+    /// The label it was given, for messages.
+    label: Option<String>,
+    /// The realm whose promise it settles.
+    realm: RealmId,
 }
 
 /// Any failure while talking to QuickJS, already turned into the message the host gets.
@@ -108,26 +172,22 @@ impl Workflow {
             running: Cell::new(false),
             pending: RefCell::new(BTreeMap::new()),
             warned: RefCell::new(BTreeSet::new()),
+            queued: RefCell::new(Vec::new()),
+            next_realm: Cell::new(TOP + 1),
+            finished: RefCell::new(BTreeSet::new()),
         });
 
-        let (main, settle) = context.with(|ctx| {
-            let natives = natives(&ctx, &state).map_err(|e| internal(&ctx, e, name))?;
-            let prelude: Function = ctx
-                .eval_with_options(PRELUDE, eval_options(PRELUDE_NAME))
-                .map_err(|e| internal(&ctx, e, name))?;
-            let api: Object = prelude
-                .call((natives,))
-                .map_err(|e| internal(&ctx, e, name))?;
-            let settle: Function = api.get("settle").map_err(|e| internal(&ctx, e, name))?;
-
+        let (main, api) = context.with(|ctx| {
+            let api = install(&ctx, &state, TOP).map_err(|e| internal(&ctx, e, name))?;
             let main = compile(&ctx, name, source, &prepared)?;
-            Ok::<_, Failure>((Persistent::save(&ctx, main), Persistent::save(&ctx, settle)))
+            Ok::<_, Failure>((Persistent::save(&ctx, main), api))
         })?;
 
         Ok(Workflow {
             name: name.to_owned(),
             main,
-            settle,
+            api,
+            nested: RefCell::new(BTreeMap::new()),
             state,
             context,
             runtime,
@@ -144,9 +204,7 @@ impl Workflow {
         let promise = self.context.with(|ctx| {
             let args = match args_json.trim() {
                 "" | "null" => Value::new_undefined(ctx.clone()),
-                json => ctx
-                    .json_parse(json)
-                    .map_err(|e| format!("args are not valid JSON: {}", caught(&ctx, e)))?,
+                json => host_json(&ctx, json).map_err(|refusal| refusal.explain("args"))?,
             };
             ctx.globals()
                 .set("args", args.clone())
@@ -168,89 +226,163 @@ impl Workflow {
         })?;
 
         let outcome = self.event_loop(&promise);
-        // Calls the script started but never awaited would only spend tokens now.
+        // Calls the script started but never awaited would only spend tokens now; workflows it
+        // started and did not await are dropped with them.
+        self.state.queued.borrow_mut().clear();
         let leftover: Vec<CallId> = std::mem::take(&mut *self.state.pending.borrow_mut())
             .into_keys()
             .collect();
         for id in leftover {
             self.state.host.agent_cancel(id);
         }
+        drop(std::mem::take(&mut *self.nested.borrow_mut()));
         outcome
     }
 
+    /// Runs jobs, starts and finishes nested workflows and waits for agent calls until the
+    /// script's promise settles.
     fn event_loop(&self, promise: &Persistent<Promise<'static>>) -> Result<String, Failure> {
         loop {
-            // Run every queued job (promise reactions, async continuations).
-            loop {
-                match self.runtime.execute_pending_job() {
-                    Ok(true) => {}
-                    Ok(false) => break,
-                    Err(job) => {
-                        return Err(job.0.with(|ctx| {
-                            let value = ctx.catch();
-                            describe(&ctx, &value, Some(&self.state.heap))
-                        }));
-                    }
-                }
-            }
-            let done = self.context.with(|ctx| {
-                let promise = promise
-                    .clone()
-                    .restore(&ctx)
-                    .map_err(|e| internal(&ctx, e, &self.name))?;
-                match promise.state() {
-                    PromiseState::Resolved => {
-                        let value: Value = promise
-                            .result()
-                            .expect("the promise is settled")
-                            .map_err(|e| internal(&ctx, e, &self.name))?;
-                        result_json(&ctx, value, &self.name).map(Some)
-                    }
-                    PromiseState::Rejected => {
-                        let error = promise
-                            .result::<Value>()
-                            .expect("the promise is settled")
-                            .expect_err("it rejected");
-                        Err(self.uncaught(&ctx, error))
-                    }
-                    PromiseState::Pending => self.wait_and_settle(&ctx).map(|()| None),
-                }
-            })?;
-            if let Some(json) = done {
+            self.run_jobs()?;
+            if let Some(json) = self.settled(promise)? {
                 return Ok(json);
+            }
+            // Both, in this order: a workflow that fails to start is finished at once.
+            let started = self.start_queued()?;
+            let finished = self.finish_nested()?;
+            if !started && !finished {
+                self.wait_and_settle()?;
             }
         }
     }
 
-    /// Waits on the host for the pending agent calls and settles the promises of every call it
-    /// hands back.
-    fn wait_and_settle(&self, ctx: &Ctx<'_>) -> Result<(), Failure> {
-        let ids: Vec<CallId> = self.state.pending.borrow().keys().copied().collect();
-        if ids.is_empty() {
-            return Err(format!(
-                "{}: workflow deadlocked: the script is waiting for a promise that nothing will settle \
-                 (no agent call is pending). Await only promises from agent(), parallel(), pipeline() \
-                 or async functions built on them; a hand-made `new Promise` must be resolved by the script",
-                self.name
-            ));
+    /// Runs every queued job (promise reactions, async continuations) of every realm.
+    fn run_jobs(&self) -> Result<(), Failure> {
+        loop {
+            match self.runtime.execute_pending_job() {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(job) => {
+                    return Err(job.0.with(|ctx| {
+                        let value = ctx.catch();
+                        describe(&ctx, &value, Some(&self.state.heap))
+                    }));
+                }
+            }
         }
-        let settle = self
+    }
+
+    /// The script's result as JSON text once its promise has resolved.
+    fn settled(&self, promise: &Persistent<Promise<'static>>) -> Result<Option<String>, Failure> {
+        self.context.with(|ctx| {
+            let promise = promise
+                .clone()
+                .restore(&ctx)
+                .map_err(|e| internal(&ctx, e, &self.name))?;
+            match promise.state() {
+                PromiseState::Resolved => {
+                    let value: Value = promise
+                        .result()
+                        .expect("the promise is settled")
+                        .map_err(|e| internal(&ctx, e, &self.name))?;
+                    let stringify = self
+                        .api
+                        .stringify
+                        .clone()
+                        .restore(&ctx)
+                        .map_err(|e| internal(&ctx, e, &self.name))?;
+                    result_json(&ctx, &stringify, value)
+                        .map(Some)
+                        .map_err(|message| format!("{}: {message}", self.name))
+                }
+                PromiseState::Rejected => {
+                    let error = promise
+                        .result::<Value>()
+                        .expect("the promise is settled")
+                        .expect_err("it rejected");
+                    Err(self.uncaught(&ctx, error))
+                }
+                PromiseState::Pending => Ok(None),
+            }
+        })
+    }
+
+    /// Waits on the host for the oldest pending agent calls (at most [`WAIT_BATCH`]) and settles
+    /// the promises of every call it hands back, each in its own realm.
+    fn wait_and_settle(&self) -> Result<(), Failure> {
+        let ids: Vec<CallId> = self
+            .state
+            .pending
+            .borrow()
+            .keys()
+            .take(WAIT_BATCH)
+            .copied()
+            .collect();
+        if ids.is_empty() {
+            return Err(self.deadlocked());
+        }
+        for completion in self.state.host.agent_wait(&ids) {
+            // An id the host hands back twice, or one it was not asked about, is ignored.
+            let Some(call) = self.state.pending.borrow_mut().remove(&completion.id) else {
+                continue;
+            };
+            if call.realm == TOP {
+                self.context
+                    .with(|ctx| self.settle(&ctx, &self.api, &self.name, call, completion))?;
+            } else if let Some(nested) = self.nested.borrow().get(&call.realm) {
+                nested
+                    .context
+                    .with(|ctx| self.settle(&ctx, &nested.api, &nested.path, call, completion))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Settles the promise of one agent call in the realm of `ctx`.
+    fn settle<'js>(
+        &self,
+        ctx: &Ctx<'js>,
+        api: &Api,
+        name: &str,
+        call: PendingCall,
+        completion: Completion,
+    ) -> Result<(), Failure> {
+        let settle = api
             .settle
             .clone()
             .restore(ctx)
-            .map_err(|e| internal(ctx, e, &self.name))?;
-        for completion in self.state.host.agent_wait(&ids) {
-            let id = completion.id;
-            // An id the host hands back twice, or one it was not asked about, is ignored.
-            let Some(label) = self.state.pending.borrow_mut().remove(&id) else {
-                continue;
-            };
-            let (ok, value) = self.completion_value(ctx, id, label.as_deref(), completion)?;
-            let () = settle
-                .call((id as f64, ok, value))
-                .map_err(|e| self.uncaught(ctx, e))?;
-        }
+            .map_err(|e| internal(ctx, e, name))?;
+        let id = completion.id;
+        let (ok, value) =
+            self.completion_value(ctx, id, call.label.as_deref(), completion, name)?;
+        let () = settle
+            .call((id as f64, ok, value))
+            .map_err(|e| self.uncaught(ctx, e))?;
         Ok(())
+    }
+
+    /// The message of a run that waits for something nothing will settle.
+    fn deadlocked(&self) -> Failure {
+        let nested: Vec<String> = self
+            .nested
+            .borrow()
+            .values()
+            .map(|n| format!("{:?}", n.path))
+            .collect();
+        let who = if nested.is_empty() {
+            "the script is".to_owned()
+        } else {
+            format!(
+                "the script, or the workflow it runs ({}), is",
+                nested.join(", ")
+            )
+        };
+        format!(
+            "{}: workflow deadlocked: {who} waiting for a promise that nothing will settle (no \
+             agent call is pending). Await only promises from agent(), parallel(), pipeline() or \
+             async functions built on them; a hand-made `new Promise` must be resolved by the script",
+            self.name
+        )
     }
 
     /// What an agent call's promise settles with: `(true, value)` to resolve, `(false, error)`
@@ -261,23 +393,37 @@ impl Workflow {
         id: CallId,
         label: Option<&str>,
         completion: Completion,
+        name: &str,
     ) -> Result<(bool, Value<'js>), Failure> {
+        let who = label.map_or_else(|| format!("agent call {id}"), |l| format!("agent '{l}'"));
         match completion.outcome {
-            Ok(output) => {
-                let value = match output.json {
-                    Some(json) => ctx
-                        .json_parse(json)
-                        .map_err(|e| internal(ctx, e, &self.name))?,
-                    None => rquickjs::String::from_str(ctx.clone(), &output.text)
-                        .map_err(|e| internal(ctx, e, &self.name))?
-                        .into_value(),
-                };
-                Ok((true, value))
-            }
+            Ok(output) => match output.json {
+                Some(json) => match host_json(ctx, &json) {
+                    Ok(value) => Ok((true, value)),
+                    Err(refusal) => {
+                        let message = match refusal {
+                            JsonRefusal::TooDeep(at) => format!(
+                                "{who} returned JSON nested more than {MAX_JSON_DEPTH} deep (at \
+                                 character {at}), past the workflow runtime's JSON limit \
+                                 (MAX_JSON_DEPTH); ask for flatter output"
+                            ),
+                            JsonRefusal::Invalid(message) => {
+                                format!("{who} returned invalid JSON: {message}")
+                            }
+                        };
+                        let error = host_error(ctx, "AgentError", "invalid-output", &message)
+                            .map_err(|e| internal(ctx, e, name))?;
+                        Ok((false, error))
+                    }
+                },
+                None => {
+                    let text = rquickjs::String::from_str(ctx.clone(), &output.text)
+                        .map_err(|e| internal(ctx, e, name))?;
+                    Ok((true, text.into_value()))
+                }
+            },
             // Rule 6: a stopped agent or a terminal provider error resolves to null.
             Err(AgentError::Cancelled(reason) | AgentError::Provider(reason)) => {
-                let who =
-                    label.map_or_else(|| format!("agent call {id}"), |l| format!("agent '{l}'"));
                 self.state
                     .host
                     .log(&format!("{who} returned null: {reason}"));
@@ -290,7 +436,7 @@ impl Workflow {
                     None => format!("agent call failed: {reason}"),
                 };
                 let error = host_error(ctx, "AgentError", code, &message)
-                    .map_err(|e| internal(ctx, e, &self.name))?;
+                    .map_err(|e| internal(ctx, e, name))?;
                 Ok((false, error))
             }
         }
@@ -303,6 +449,76 @@ impl Workflow {
                 describe(ctx, &value, Some(&self.state.heap))
             }
             other => format!("{}: {other}", self.name),
+        }
+    }
+}
+
+/// Sets up a realm: the native functions for `realm`, then the prelude over them.
+fn install<'js>(ctx: &Ctx<'js>, state: &Rc<State>, realm: RealmId) -> rquickjs::Result<Api> {
+    let natives = natives(ctx, state, realm)?;
+    let config = Object::new(ctx.clone())?;
+    config.set("nested", realm != TOP)?;
+    config.set("maxJsonDepth", MAX_JSON_DEPTH as f64)?;
+    let prelude: Function = ctx.eval_with_options(PRELUDE, eval_options(PRELUDE_NAME))?;
+    let api: Object = prelude.call((natives, config))?;
+    let function = |key: &str| -> rquickjs::Result<Persistent<Function<'static>>> {
+        let f: Function = api.get(key)?;
+        Ok(Persistent::save(ctx, f))
+    };
+    Ok(Api {
+        settle: function("settle")?,
+        finish: function("finish")?,
+        stringify: function("stringify")?,
+    })
+}
+
+/// Why JSON text from outside the realm was refused.
+enum JsonRefusal {
+    /// It nests past [`MAX_JSON_DEPTH`], first at this character.
+    TooDeep(usize),
+    /// QuickJS could not parse it; its message.
+    Invalid(String),
+}
+
+impl JsonRefusal {
+    /// The refusal as the end of a sentence about `subject` (`"args"`, `"its output"`).
+    fn explain(&self, subject: &str) -> String {
+        match self {
+            JsonRefusal::TooDeep(at) => format!(
+                "{subject} nest arrays and objects more than {MAX_JSON_DEPTH} deep (at character \
+                 {at}), past the workflow runtime's JSON limit (MAX_JSON_DEPTH); pass flatter data"
+            ),
+            JsonRefusal::Invalid(message) => format!("{subject} are not valid JSON: {message}"),
+        }
+    }
+}
+
+/// Parses JSON text that comes from outside the realm (the host, or another realm), refusing it
+/// when it nests past [`MAX_JSON_DEPTH`] (QuickJS's parser would exhaust the native stack).
+fn host_json<'js>(ctx: &Ctx<'js>, text: &str) -> Result<Value<'js>, JsonRefusal> {
+    if let Some(at) = json::nesting_past(text, MAX_JSON_DEPTH) {
+        return Err(JsonRefusal::TooDeep(at));
+    }
+    ctx.json_parse(text)
+        .map_err(|e| JsonRefusal::Invalid(caught(ctx, e)))
+}
+
+/// A value's JSON text, for showing it, by the realm's global `JSON.stringify` (the prelude's
+/// bounded one, unless the script replaced it, which only changes what is shown); `None` when it
+/// has none or the conversion throws.
+fn json_text<'js>(ctx: &Ctx<'js>, value: &Value<'js>) -> Option<String> {
+    let text = (|| -> rquickjs::Result<Option<String>> {
+        let json: Object = ctx.globals().get("JSON")?;
+        let stringify: Function = json.get("stringify")?;
+        stringify.call((value.clone(),))
+    })();
+    match text {
+        Ok(text) => text,
+        Err(_) => {
+            if ctx.has_exception() {
+                ctx.catch();
+            }
+            None
         }
     }
 }
@@ -323,13 +539,33 @@ fn eval_options(file_name: &str) -> EvalOptions {
     options
 }
 
-/// The JSON text of the script's result; `undefined` (no `return`) is `null`.
-fn result_json<'js>(ctx: &Ctx<'js>, value: Value<'js>, name: &str) -> Result<String, Failure> {
-    match ctx.json_stringify(value) {
-        Ok(Some(json)) => json.to_string().map_err(|e| internal(ctx, e, name)),
-        Ok(None) => Ok("null".to_owned()),
+/// The JSON text of a script's result, by its realm's bounded `JSON.stringify`; `undefined` (no
+/// `return`) is `null`. Inside the result, JSON's own rules apply (a function in an array is
+/// `null`, in an object it is left out); a result that has no JSON form at all (a function, a
+/// symbol) is an error rather than a silent `null`. The error is the message without a name.
+fn result_json<'js>(
+    ctx: &Ctx<'js>,
+    stringify: &Function<'js>,
+    value: Value<'js>,
+) -> Result<String, String> {
+    if value.is_undefined() {
+        return Ok("null".to_owned());
+    }
+    let what = if value.is_function() {
+        "a function"
+    } else if value.is_symbol() {
+        "a symbol"
+    } else {
+        "a value whose toJSON() gives no JSON value"
+    };
+    match stringify.call::<_, Option<String>>((value,)) {
+        Ok(Some(json)) => Ok(json),
+        Ok(None) => Err(format!(
+            "the workflow returned {what}, which has no JSON form; return JSON-serialisable data \
+             (an object, array, string, number, boolean or null)"
+        )),
         Err(e) => Err(format!(
-            "{name}: the workflow's result cannot be turned into JSON: {}",
+            "the workflow's result cannot be turned into JSON: {}",
             caught(ctx, e)
         )),
     }
@@ -576,15 +812,18 @@ fn push_stack(out: &mut String, stack: &str) {
 
 /// Any value as short text: JSON when it has one, else its string form.
 fn format_value<'js>(ctx: &Ctx<'js>, value: &Value<'js>) -> String {
-    if let Ok(Some(json)) = ctx.json_stringify(value.clone())
-        && let Ok(json) = json.to_string()
-    {
+    if let Some(json) = json_text(ctx, value) {
         return json;
     }
-    value
-        .get::<rquickjs::Coerced<String>>()
-        .map(|c| c.0)
-        .unwrap_or_else(|_| format!("<{}>", value.type_name()))
+    match value.get::<rquickjs::Coerced<String>>() {
+        Ok(text) => text.0,
+        Err(_) => {
+            if ctx.has_exception() {
+                ctx.catch();
+            }
+            format!("<{}>", value.type_name())
+        }
+    }
 }
 
 /// Creates the error a host failure throws: an `Error` named `kind` with a `code` property.
@@ -644,8 +883,12 @@ fn require_running(ctx: &Ctx<'_>, state: &State, what: &str) -> rquickjs::Result
     }
 }
 
-/// The native functions the prelude builds the API on.
-fn natives<'js>(ctx: &Ctx<'js>, state: &Rc<State>) -> rquickjs::Result<Object<'js>> {
+/// The native functions the prelude of `realm` builds the API on.
+fn natives<'js>(
+    ctx: &Ctx<'js>,
+    state: &Rc<State>,
+    realm: RealmId,
+) -> rquickjs::Result<Object<'js>> {
     let natives = Object::new(ctx.clone())?;
 
     let s = state.clone();
@@ -653,12 +896,26 @@ fn natives<'js>(ctx: &Ctx<'js>, state: &Rc<State>) -> rquickjs::Result<Object<'j
         "agentStart",
         Function::new(
             ctx.clone(),
-            move |ctx: Ctx<'js>, prompt: String, opts: Opt<Value<'js>>| -> rquickjs::Result<f64> {
+            move |ctx: Ctx<'js>,
+                  prompt: String,
+                  opts: Opt<Value<'js>>,
+                  schema_text: Opt<Option<String>>|
+                  -> rquickjs::Result<f64> {
                 require_running(&ctx, &s, "agent()")?;
-                let options = agent_options(&ctx, &s, opts.0)?;
+                if s.finished.borrow().contains(&realm) {
+                    return Err(Exception::throw_message(
+                        &ctx,
+                        "agent(): this workflow has already returned, so it cannot start agents; \
+                         await every agent() call before the workflow returns",
+                    ));
+                }
+                let options = agent_options(&ctx, &s, opts.0, schema_text.0.flatten())?;
                 match s.host.agent_start(&prompt, &options) {
                     Ok(id) => {
-                        s.pending.borrow_mut().insert(id, options.label);
+                        let label = options.label;
+                        s.pending
+                            .borrow_mut()
+                            .insert(id, PendingCall { label, realm });
                         Ok(id as f64)
                     }
                     Err(error) => {
@@ -687,28 +944,78 @@ fn natives<'js>(ctx: &Ctx<'js>, state: &Rc<State>) -> rquickjs::Result<Object<'j
         )?,
     )?;
 
-    let s = state.clone();
+    if realm == TOP {
+        let s = state.clone();
+        natives.set(
+            "startWorkflow",
+            Function::new(
+                ctx.clone(),
+                move |ctx: Ctx<'js>,
+                      path: String,
+                      args_json: Opt<Option<String>>|
+                      -> rquickjs::Result<f64> {
+                    require_running(&ctx, &s, "workflow()")?;
+                    let what = format!("workflow({path:?})");
+                    let source = s.host.read(&path).map_err(|e| tool_error(&ctx, &what, e))?;
+                    let prepared = frontend::prepare(&source).map_err(|errors| {
+                        throw_host_error(
+                            &ctx,
+                            "WorkflowError",
+                            "invalid-script",
+                            &format!(
+                                "{what}: the workflow cannot run; fix it and try again:\n{}",
+                                check_errors(&path, &errors)
+                            ),
+                        )
+                    })?;
+                    let realm = s.next_realm.get();
+                    s.next_realm.set(realm + 1);
+                    s.queued.borrow_mut().push(NestedStart {
+                        realm,
+                        path,
+                        source,
+                        prepared,
+                        args_json: args_json.0.flatten(),
+                    });
+                    Ok(f64::from(realm))
+                },
+            )?,
+        )?;
+    }
+
     natives.set(
-        "loadWorkflow",
+        "checkJsonDepth",
         Function::new(
             ctx.clone(),
-            move |ctx: Ctx<'js>, path: String| -> rquickjs::Result<Function<'js>> {
-                require_running(&ctx, &s, "workflow()")?;
-                let what = format!("workflow({path:?})");
-                let source = s.host.read(&path).map_err(|e| tool_error(&ctx, &what, e))?;
-                let refused = |message: String| {
-                    throw_host_error(
+            move |ctx: Ctx<'js>, text: String| -> rquickjs::Result<()> {
+                match json::nesting_past(&text, MAX_JSON_DEPTH) {
+                    None => Ok(()),
+                    Some(at) => Err(Exception::throw_range(
                         &ctx,
-                        "WorkflowError",
-                        "invalid-script",
                         &format!(
-                            "{what}: the workflow cannot run; fix it and try again:\n{message}"
+                            "JSON.parse: the text nests arrays and objects more than \
+                             {MAX_JSON_DEPTH} deep (at character {at}), the workflow runtime's \
+                             JSON limit (MAX_JSON_DEPTH); flatten the data, or keep the deep part \
+                             as a string"
                         ),
-                    )
-                };
-                let prepared = frontend::prepare(&source)
-                    .map_err(|errors| refused(check_errors(&path, &errors)))?;
-                compile(&ctx, &path, &source, &prepared).map_err(refused)
+                    )),
+                }
+            },
+        )?,
+    )?;
+
+    natives.set(
+        "checkNesting",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, what: String, text: String| -> rquickjs::Result<()> {
+                match lexer::tokenize(&text).error.filter(|e| e.refused) {
+                    None => Ok(()),
+                    Some(e) => Err(Exception::throw_syntax(
+                        &ctx,
+                        &format!("{what}: {}: {}", e.pos, e.message),
+                    )),
+                }
             },
         )?,
     )?;
@@ -920,11 +1227,13 @@ fn natives<'js>(ctx: &Ctx<'js>, state: &Rc<State>) -> rquickjs::Result<Object<'j
 const AGENT_OPTIONS: &str =
     "label, phase, model, effort, schema, tools, maxTokens, maxTurns, timeoutMs";
 
-/// Reads `agent()`'s options object.
+/// Reads `agent()`'s options object. `schema_text` is the JSON text of an object schema, which
+/// the prelude makes with the bounded `JSON.stringify`.
 fn agent_options<'js>(
     ctx: &Ctx<'js>,
     state: &State,
     opts: Option<Value<'js>>,
+    schema_text: Option<String>,
 ) -> rquickjs::Result<AgentOptions> {
     let mut options = AgentOptions {
         label: None,
@@ -997,9 +1306,9 @@ fn agent_options<'js>(
                 options.schema = Some(if let Some(text) = string(&value) {
                     text
                 } else if value.is_object() && !value.is_array() && !value.is_function() {
-                    ctx.json_stringify(value)?
+                    schema_text
+                        .clone()
                         .ok_or_else(|| type_error("schema", "a JSON Schema object"))?
-                        .to_string()?
                 } else {
                     return Err(type_error("schema", "a JSON Schema object"));
                 });

@@ -56,6 +56,7 @@ fn run(protocol: Protocol, aware: bool, agents: usize, context: &str) -> Outcome
         provider: FakeLlm::provider_with(settings),
         ledger: BudgetLedger::new(None),
         tools: None,
+        events: Arc::new(NoEvents),
     };
     let schema = Arc::new(
         OutputSchema::from_value(json!({

@@ -486,15 +486,21 @@ fn auto(protocol: Protocol, body: &Value, serial: u64) -> Content {
     if let Some(schema) = submit_schema {
         return Content::Tool {
             name: "submit".to_string(),
-            input: corral_host::schema::example_instance(&schema, serial),
+            input: corral_host::schema::example_instance(&schema, serial, FAKE_ANSWER_BYTES)
+                .unwrap_or(Value::Null),
         };
     }
     if protocol == Protocol::OpenAi && body["response_format"]["type"] == "json_schema" {
         let schema = &body["response_format"]["json_schema"]["schema"];
-        return Content::Text(corral_host::schema::example_instance(schema, serial).to_string());
+        let instance = corral_host::schema::example_instance(schema, serial, FAKE_ANSWER_BYTES)
+            .unwrap_or(Value::Null);
+        return Content::Text(instance.to_string());
     }
     Content::Text(format!("fake answer {serial}"))
 }
+
+/// Largest structured answer the fake generates.
+const FAKE_ANSWER_BYTES: usize = 1 << 20;
 
 /// Tokens of `bytes` bytes, as the fake counts them.
 fn tokens(bytes: usize) -> u64 {

@@ -2,6 +2,7 @@
 //!
 //! One test binary for the whole workspace (each `tests/*.rs` file would relink everything).
 
+mod adversarial;
 mod cli;
 mod guests_used;
 mod journal;

@@ -441,6 +441,23 @@ fn bad_input_gets_a_clear_4xx_and_loses_nothing() {
             answer.text
         );
     }
+    // A tenant may lower a host-protecting limit, never raise it.
+    let raised = submit(json!({"limits": {
+        "max_log_bytes": 1u64 << 30,
+        "max_cpu_ms": 3_600_000,
+        "tools": {"max_tool_time_ms": 86_400_000u64}
+    }}));
+    assert_error(&raised, 400, "invalid_limits");
+    for name in [
+        "max_log_bytes (at most 1048576)",
+        "max_cpu_ms (at most 60000)",
+        "tools.max_tool_time_ms (at most 600000)",
+    ] {
+        assert!(raised.text.contains(name), "{name}: {}", raised.text);
+    }
+    let lowered =
+        submit(json!({"limits": {"max_log_bytes": 4096, "tools": {"max_tool_time_ms": 1000}}}));
+    assert_eq!(lowered.status, 201, "{}", lowered.text);
     // A budget the plan exceeds is refused before anything runs, with the plan.
     let over = submit(json!({"budget_tokens": 10}));
     assert_error(&over, 422, "over_budget");

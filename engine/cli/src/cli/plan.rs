@@ -60,8 +60,23 @@ pub fn plan(args: RunArgs) -> anyhow::Result<ExitCode> {
     if !plan.priced {
         out!("(some models have no price in corral.toml; their cost is not counted)");
     }
+    if !plan.failed.is_empty() {
+        let kinds: Vec<String> = plan
+            .failed
+            .iter()
+            .map(|(kind, count)| format!("{count} {kind}"))
+            .collect();
+        eprintln!(
+            "corral: agent calls failed in the dry run ({}); their tokens are not in the estimate",
+            kinds.join(", ")
+        );
+    }
     if let Some(error) = &plan.incomplete {
         eprintln!("corral: the dry run did not finish ({error}); the estimate covers what ran");
+    }
+    if let Some(reason) = plan.unsound() {
+        eprintln!("corral: this estimate cannot be checked against a budget: {reason}");
+        return Ok(ExitCode::from(super::EXIT_WORKFLOW));
     }
     Ok(ExitCode::SUCCESS)
 }

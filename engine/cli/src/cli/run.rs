@@ -154,6 +154,18 @@ pub struct RunArgs {
     /// Bytes of one agent prompt (schema included).
     #[arg(long, default_value_t = Size(defaults().max_prompt_bytes))]
     pub max_prompt_bytes: Size,
+    /// Bytes of all agent prompts and schemas of the run together.
+    #[arg(long, default_value_t = Size(defaults().max_run_prompt_bytes))]
+    pub max_run_prompt_bytes: Size,
+    /// Bytes of one output schema.
+    #[arg(long, default_value_t = Size(defaults().max_schema_bytes))]
+    pub max_schema_bytes: Size,
+    /// Distinct output schemas one run may use.
+    #[arg(long, default_value_t = defaults().max_schemas)]
+    pub max_schemas: usize,
+    /// Bytes of one agent label, phase or model, and of one phase title.
+    #[arg(long, default_value_t = Size(defaults().max_option_bytes))]
+    pub max_option_bytes: Size,
     /// Default and ceiling of an agent's output tokens per request.
     #[arg(long, default_value_t = defaults().max_output_tokens)]
     pub max_output_tokens: u32,
@@ -169,6 +181,12 @@ pub struct RunArgs {
     /// Largest answer of one grep or git call.
     #[arg(long, default_value_t = Size(defaults().tools.max_output_bytes))]
     pub max_output_bytes: Size,
+    /// Host time all tool calls of the run may take together (scripts' and agents'), e.g. 10m.
+    #[arg(long, default_value_t = Dur(defaults().tools.max_tool_time))]
+    pub max_tool_time: Dur,
+    /// Entries one git call may visit (tree and index entries, entries of the root's .git).
+    #[arg(long, default_value_t = defaults().tools.max_git_entries)]
+    pub max_git_entries: usize,
     #[command(flatten)]
     pub service: ServiceArgs,
     /// Do not record the run in the journal (it then cannot be resumed).
@@ -352,12 +370,18 @@ pub fn limits(args: &RunArgs) -> RunLimits {
         max_log_bytes: args.max_log_bytes.0,
         max_batch: args.max_batch,
         max_prompt_bytes: args.max_prompt_bytes.0,
+        max_run_prompt_bytes: args.max_run_prompt_bytes.0,
+        max_schema_bytes: args.max_schema_bytes.0,
+        max_schemas: args.max_schemas,
+        max_option_bytes: args.max_option_bytes.0,
         max_output_tokens: args.max_output_tokens,
         tools: corral_host::tools::ToolLimits {
             max_read_bytes: args.max_read_bytes.0 as u64,
             max_glob_results: args.max_glob_results,
             max_grep_matches: args.max_grep_matches,
             max_output_bytes: args.max_output_bytes.0,
+            max_tool_time: args.max_tool_time.0,
+            max_git_entries: args.max_git_entries,
         },
     }
 }
@@ -508,7 +532,7 @@ fn summarize(report: &RunReport, cost: f64) {
         String::new()
     };
     eprintln!(
-        "corral: {} agents ({} ok, {} failed, {} refused{replayed}), {} tokens{budget}{cost}, {:.2}s wall, {:.3}s guest cpu",
+        "corral: {} agents ({} ok, {} failed, {} refused{replayed}), {} tokens{budget}{cost}, {:.2}s wall, {:.3}s guest cpu, {:.3}s tools",
         agents.started,
         agents.succeeded,
         agents.failed_total(),
@@ -516,6 +540,7 @@ fn summarize(report: &RunReport, cost: f64) {
         report.spent_tokens,
         report.wall.as_secs_f64(),
         report.guest_cpu.as_secs_f64(),
+        report.tool_time.as_secs_f64(),
     );
 }
 

@@ -135,6 +135,7 @@ fn context(provider: Arc<dyn Provider>, budget: Option<u64>) -> AgentContext {
         provider,
         ledger: BudgetLedger::new(budget),
         tools: None,
+        events: Arc::new(crate::events::NoEvents),
     }
 }
 
@@ -484,4 +485,55 @@ async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) 
         .into_iter()
         .map(|output| output.expect("every future finished"))
         .collect()
+}
+
+/// Keeps the log lines a run would show.
+#[derive(Default)]
+struct Lines(Mutex<Vec<String>>);
+
+impl crate::events::EventSink for Lines {
+    fn event(&self, event: &crate::events::RunEvent) {
+        if let crate::events::RunEvent::Log { message } = event {
+            self.0.lock().unwrap().push(message.clone());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_provider_that_over_reports_usage_is_charged_at_the_worst_case() {
+    let lying = |input_tokens: u64, output_tokens: u64| {
+        Ok(ChatResponse {
+            content: vec![Block::Text("done".into())],
+            stop: StopReason::EndTurn,
+            usage: Usage {
+                input_tokens,
+                output_tokens,
+                cache_read_tokens: input_tokens,
+                cache_write_tokens: input_tokens,
+            },
+            model: "scripted-model".into(),
+        })
+    };
+    let provider = Scripted::new(vec![lying(10_000_000, 10_000_000), lying(1, 2)]);
+    let lines = Arc::new(Lines::default());
+    let context = AgentContext {
+        events: lines.clone(),
+        ..context(provider.clone(), Some(100_000))
+    };
+    let output = run_agent(&context, &request(None)).await.unwrap();
+    let worst = provider.seen.lock().unwrap()[0].input_bytes() + 100;
+    assert_eq!(output.usage.total(), worst);
+    assert_eq!(output.usage.output_tokens, 100);
+    assert_eq!(context.ledger.spent(), worst);
+    assert!(context.ledger.spent() <= 100_000);
+    let said = lines.0.lock().unwrap().clone();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0].contains("scripted reported 40000000 tokens"),
+        "{said:?}"
+    );
+    // An honest answer is charged what it reports, without a warning.
+    let output = run_agent(&context, &request(None)).await.unwrap();
+    assert_eq!(output.usage.total(), 5);
+    assert_eq!(lines.0.lock().unwrap().len(), 1);
 }

@@ -18,10 +18,18 @@ use crate::schema::OutputSchema;
 impl TypesHost for RunState {}
 
 impl RunState {
-    /// Compiles a schema once per run; later calls with the same text share it.
+    /// Compiles a schema once per run; later calls with the same text share it. At most
+    /// `--max-schemas` distinct schemas are compiled and kept per run.
     fn compiled_schema(&mut self, text: &str) -> Result<Arc<OutputSchema>, agent_loop::AgentError> {
         if let Some(schema) = self.schemas.get(text) {
             return Ok(Arc::clone(schema));
+        }
+        let max = self.limits.max_schemas;
+        if self.schemas.len() >= max {
+            return Err(agent_loop::AgentError::InvalidInput(format!(
+                "this run already uses {max} distinct output schemas, the limit (reuse a schema for \
+                 calls that return the same shape, or raise --max-schemas)"
+            )));
         }
         let schema =
             Arc::new(OutputSchema::compile(text).map_err(agent_loop::AgentError::InvalidInput)?);
@@ -35,14 +43,42 @@ impl RunState {
         prompt: String,
         options: AgentOptions,
     ) -> Result<agent_loop::AgentRequest, agent_loop::AgentError> {
-        use agent_loop::AgentError::{Denied, InvalidInput};
+        use agent_loop::AgentError::{AgentLimit, Denied, InvalidInput};
+        // Every check comes before any work the request would make the host do: the agent cap
+        // and the sizes first, schema compilation last.
+        self.scheduler.check_room()?;
         let limits = self.limits.clone();
+        for (what, value) in [
+            ("label", &options.label),
+            ("phase", &options.phase),
+            ("model", &options.model),
+        ] {
+            let size = value.as_ref().map_or(0, String::len);
+            if size > limits.max_option_bytes {
+                return Err(InvalidInput(format!(
+                    "the {what} is {size} bytes, over the limit of {} (shorten it, or raise --max-option-bytes)",
+                    limits.max_option_bytes
+                )));
+            }
+        }
         let schema_bytes = options.schema.as_ref().map_or(0, String::len);
-        if prompt.len() + schema_bytes > limits.max_prompt_bytes {
+        if schema_bytes > limits.max_schema_bytes {
             return Err(InvalidInput(format!(
-                "the prompt and schema are {} bytes, over the limit of {} (shorten the prompt, or raise --max-prompt-bytes)",
-                prompt.len() + schema_bytes,
+                "the schema is {schema_bytes} bytes, over the limit of {} (simplify the schema, or raise --max-schema-bytes)",
+                limits.max_schema_bytes
+            )));
+        }
+        let bytes = prompt.len() + schema_bytes;
+        if bytes > limits.max_prompt_bytes {
+            return Err(InvalidInput(format!(
+                "the prompt and schema are {bytes} bytes, over the limit of {} (shorten the prompt, or raise --max-prompt-bytes)",
                 limits.max_prompt_bytes
+            )));
+        }
+        if self.prompt_bytes + bytes > limits.max_run_prompt_bytes {
+            return Err(AgentLimit(format!(
+                "this run's agent prompts and schemas would pass {} bytes in all, the limit (send less text per agent, or raise --max-run-prompt-bytes)",
+                limits.max_run_prompt_bytes
             )));
         }
         let schema = match &options.schema {
@@ -68,6 +104,7 @@ impl RunState {
         if options.timeout_ms == Some(0) {
             return Err(InvalidInput("timeoutMs must be at least 1".to_string()));
         }
+        self.prompt_bytes += bytes;
         Ok(agent_loop::AgentRequest {
             prompt,
             label: options.label,

@@ -58,6 +58,8 @@ pub(crate) struct RunState {
     pub(crate) cpu: CpuMeter,
     /// Compiled output schemas by their text: a fan-out usually sends one schema many times.
     pub(crate) schemas: std::collections::HashMap<String, Arc<crate::schema::OutputSchema>>,
+    /// Prompt and schema bytes of the agent calls accepted so far (`--max-run-prompt-bytes`).
+    pub(crate) prompt_bytes: usize,
 }
 
 impl WasiView for RunState {

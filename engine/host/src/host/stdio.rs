@@ -93,11 +93,14 @@ pub(crate) struct GuestOutput {
 impl GuestOutput {
     fn accept(&self, bytes: &[u8]) -> Result<(), LimitExceeded> {
         {
+            // Every line becomes an event: it costs its overhead on top of its bytes.
+            let lines = bytes.iter().filter(|b| **b == b'\n').count();
+            let cost = bytes.len() + lines * crate::limits::PROGRESS_CALL_BYTES;
             let mut shared = self.log.lock();
-            if shared.used + bytes.len() > shared.limit {
+            if shared.used + cost > shared.limit {
                 return Err(LimitExceeded::Log(shared.limit));
             }
-            shared.used += bytes.len();
+            shared.used += cost;
         }
         let mut partial = self.partial.lock().unwrap_or_else(|p| p.into_inner());
         partial.extend_from_slice(bytes);

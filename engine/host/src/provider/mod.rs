@@ -172,6 +172,23 @@ impl Usage {
         self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
     }
 
+    /// This usage bounded by what a request can really cost: input, cache reads and cache
+    /// writes together at most `input` tokens, output at most `output`.
+    pub fn clamped(&self, input: u64, output: u64) -> Usage {
+        let mut room = input;
+        let mut take = |tokens: u64| {
+            let taken = tokens.min(room);
+            room -= taken;
+            taken
+        };
+        Usage {
+            input_tokens: take(self.input_tokens),
+            cache_read_tokens: take(self.cache_read_tokens),
+            cache_write_tokens: take(self.cache_write_tokens),
+            output_tokens: self.output_tokens.min(output),
+        }
+    }
+
     /// Adds another usage to this one.
     pub fn add(&mut self, other: &Usage) {
         self.input_tokens += other.input_tokens;

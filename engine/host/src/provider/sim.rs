@@ -78,17 +78,23 @@ impl Provider for SimProvider {
             if !self.latency.is_zero() {
                 tokio::time::sleep(self.latency).await;
             }
-            Ok(answer(request))
+            answer(request)
         })
     }
 }
 
-fn answer(request: &ChatRequest) -> ChatResponse {
+/// Bytes of output one token stands for when the simulator bounds an answer by `max_tokens`.
+const BYTES_PER_TOKEN: usize = 4;
+
+fn answer(request: &ChatRequest) -> Result<ChatResponse, ProviderError> {
     let seed = fnv1a(request);
     let submit = request.tools.iter().find(|tool| tool.name == SUBMIT_TOOL);
     let (content, stop, output_bytes) = match submit {
         Some(tool) => {
-            let input = example_instance(&tool.input_schema, seed);
+            // Like a real model, the simulator cannot answer more than max_tokens can hold.
+            let room = (request.max_tokens as usize).saturating_mul(BYTES_PER_TOKEN);
+            let input = example_instance(&tool.input_schema, seed, room)
+                .map_err(|reason| ProviderError::fatal("sim", reason))?;
             let bytes = input.to_string().len();
             let block = Block::ToolUse {
                 id: format!("sim-{seed:016x}"),
@@ -117,12 +123,12 @@ fn answer(request: &ChatRequest) -> ChatResponse {
         cache_read_tokens: 0,
         cache_write_tokens: 0,
     };
-    ChatResponse {
+    Ok(ChatResponse {
         content,
         stop,
         usage,
         model: request.model.clone(),
-    }
+    })
 }
 
 fn last_user_text(request: &ChatRequest) -> &str {

@@ -10,6 +10,7 @@ fn scheduler(provider: Arc<SimProvider>, max_concurrent: usize, max_agents: u64)
         provider,
         ledger: BudgetLedger::new(None),
         tools: None,
+        events: Arc::new(NoEvents),
     };
     AgentScheduler::new(context, max_concurrent, max_agents, Arc::new(NoEvents))
 }
@@ -85,4 +86,51 @@ async fn cancelled_calls_complete_as_cancelled_and_finished_ones_keep_their_outc
     tokio::time::sleep(Duration::from_millis(50)).await;
     scheduler.cancel(fast);
     assert!(scheduler.wait(&[fast]).await[0].1.is_ok());
+}
+
+/// A provider with a bug: it panics inside the agent task.
+struct Panics;
+
+impl crate::provider::Provider for Panics {
+    fn name(&self) -> &str {
+        "panics"
+    }
+
+    fn resolve_model(&self, _requested: Option<&str>) -> String {
+        "m".to_string()
+    }
+
+    fn complete<'a>(
+        &'a self,
+        _request: &'a crate::provider::ChatRequest,
+    ) -> crate::provider::BoxFuture<
+        'a,
+        Result<crate::provider::ChatResponse, crate::provider::ProviderError>,
+    > {
+        Box::pin(async { panic!("index out of bounds in the provider") })
+    }
+}
+
+#[tokio::test]
+async fn a_panic_in_an_agent_fails_that_call_at_once() {
+    let context = AgentContext {
+        provider: Arc::new(Panics),
+        ledger: BudgetLedger::new(Some(1_000_000)),
+        tools: None,
+        events: Arc::new(NoEvents),
+    };
+    let mut scheduler = AgentScheduler::new(context, 4, 10, Arc::new(NoEvents));
+    let id = scheduler.start(request("x")).unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(10), scheduler.wait(&[id]))
+        .await
+        .expect("the panicking call completes instead of hanging the run");
+    let error = done[0].1.as_ref().unwrap_err();
+    assert_eq!(error.kind(), "provider");
+    assert!(
+        error
+            .to_string()
+            .contains("index out of bounds in the provider"),
+        "{error}"
+    );
+    assert_eq!(scheduler.stats().failed_total(), 1);
 }

@@ -53,6 +53,45 @@ pub(super) fn as_dir_path(rel: &str) -> &str {
     if rel.is_empty() { "." } else { rel }
 }
 
+/// Opens a regular file under `dir` for reading, never blocking on what else a path can name.
+///
+/// The open itself is non-blocking (`O_NONBLOCK`, `O_NOCTTY`), so a FIFO, a tty or a device found
+/// where a file was expected cannot hang the call even if it replaced a file after the caller's
+/// metadata check; the opened handle's own type is then checked, so only a regular file is read.
+pub(super) fn open_regular(
+    dir: &cap_std::fs::Dir,
+    shown: &str,
+    rel: &str,
+) -> Result<cap_std::fs::File, ToolError> {
+    let mut options = cap_std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use cap_std::fs::OpenOptionsExt as _;
+        options.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+    }
+    let file = dir
+        .open_with(rel, &options)
+        .map_err(|err| io_error(shown, err))?;
+    let meta = file.metadata().map_err(|err| io_error(shown, err))?;
+    if meta.is_dir() {
+        return Err(ToolError::InvalidInput(format!(
+            "{shown:?} is a directory, not a file: use glob to list the files in it"
+        )));
+    }
+    if !meta.is_file() {
+        return Err(not_regular(shown));
+    }
+    Ok(file)
+}
+
+/// The error for a FIFO, socket or device where a file was expected.
+pub(super) fn not_regular(shown: &str) -> ToolError {
+    ToolError::InvalidInput(format!(
+        "{shown:?} is not a regular file (a FIFO, socket or device): only regular files can be read"
+    ))
+}
+
 /// Maps an I/O error on `shown` (the path as the guest wrote it) to a guest-facing error.
 pub(super) fn io_error(shown: &str, err: io::Error) -> ToolError {
     match err.kind() {

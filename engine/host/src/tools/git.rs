@@ -6,6 +6,7 @@
 //! syntax (no `rev:path`, no ranges inside a revision), and path arguments are normalised like
 //! every other path before they are looked up in a tree.
 
+use super::clock::Call;
 use super::{Commit, StatusEntry, ToolError, ToolRoot, confine, output_limit};
 use gix::ObjectId;
 use gix::objs::tree::EntryKind;
@@ -21,6 +22,97 @@ const DIFF_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Bytes inspected for a NUL to call a file binary, as git does.
 const BINARY_PROBE: usize = 8000;
+
+/// Deepest tree nesting a git call follows; deeper trees are refused (a depth bomb would
+/// otherwise exhaust the thread's stack or the host's memory).
+pub(super) const MAX_TREE_DEPTH: usize = 256;
+
+/// Largest tree object a git call decodes (a tree of about 300,000 entries); larger ones are
+/// refused before they are inflated.
+pub(super) const MAX_TREE_BYTES: u64 = 16 << 20;
+
+/// Largest commit object a git call inflates (its message included).
+pub(super) const MAX_COMMIT_BYTES: u64 = 1 << 20;
+
+/// Longest entry name in a tree (what file systems allow), and longest path built from them.
+pub(super) const MAX_NAME_BYTES: usize = 255;
+pub(super) const MAX_PATH_BYTES: usize = 4096;
+
+/// Path bytes one git call may build (tree walks hold every path they list).
+pub(super) const MAX_WALK_PATH_BYTES: usize = 64 << 20;
+
+/// Bytes of the delta-base cache of one git call (git's default is 96 MiB).
+const DELTA_BASE_CACHE: usize = 32 << 20;
+
+/// Files in a `.git` directory that point git at objects or refs elsewhere: Corral refuses a
+/// repository that has one rather than follow it out of the root.
+const POINTER_FILES: [(&str, &str); 3] = [
+    (
+        ".git/commondir",
+        "shares its refs and objects with another repository (a linked worktree's metadata)",
+    ),
+    (
+        ".git/objects/info/alternates",
+        "borrows objects from another repository (a clone made with --shared or --reference): \
+         run `git repack -a -d` and delete the file",
+    ),
+    (
+        ".git/objects/info/http-alternates",
+        "borrows objects from another repository over HTTP: delete the file",
+    ),
+];
+
+/// Counts what one git call visits against `--max-git-entries`, and checks the call's time.
+struct Visits<'c, 'a> {
+    call: &'c Call<'a>,
+    left: usize,
+    max: usize,
+    /// Path bytes the call may still build.
+    path_bytes: usize,
+}
+
+impl<'c, 'a> Visits<'c, 'a> {
+    fn new(root: &ToolRoot, call: &'c Call<'a>) -> Self {
+        let max = root.limits().max_git_entries;
+        Visits {
+            call,
+            left: max,
+            max,
+            path_bytes: MAX_WALK_PATH_BYTES,
+        }
+    }
+
+    /// Counts a path the walk builds: at most [`MAX_PATH_BYTES`] long, and
+    /// [`MAX_WALK_PATH_BYTES`] in all.
+    fn path(&mut self, path: &str) -> Result<(), ToolError> {
+        if path.len() > MAX_PATH_BYTES {
+            let shown: String = path.chars().take(100).collect();
+            return Err(ToolError::Limit(format!(
+                "the repository holds a path longer than {MAX_PATH_BYTES} bytes ({shown:?}…): \
+                 Corral does not walk it"
+            )));
+        }
+        self.path_bytes = self.path_bytes.checked_sub(path.len()).ok_or_else(|| {
+            ToolError::Limit(format!(
+                "the git call builds more than {MAX_WALK_PATH_BYTES} bytes of paths: narrow it to \
+                 a path or fewer commits"
+            ))
+        })?;
+        Ok(())
+    }
+
+    fn take(&mut self, entries: usize) -> Result<(), ToolError> {
+        self.call.check()?;
+        self.left = self.left.checked_sub(entries).ok_or_else(|| {
+            ToolError::Limit(format!(
+                "the git call visits more than {} tree entries (--max-git-entries): narrow it to \
+                 a path or fewer commits, or raise --max-git-entries",
+                self.max
+            ))
+        })?;
+        Ok(())
+    }
+}
 
 /// A non-tree entry of a tree: what a path holds at one revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,29 +168,211 @@ fn not_repo() -> ToolError {
     ToolError::NotFound("the root is not a git repository".into())
 }
 
-fn git_error(err: impl std::fmt::Display) -> ToolError {
-    ToolError::Io(format!("git: {err}"))
+/// A repository error, without gix's own text: that can quote bytes of the files it parsed and
+/// the host path of the root, neither of which a guest may see.
+fn git_error(_err: impl std::fmt::Display) -> ToolError {
+    ToolError::Io(
+        "git: the repository could not be read (a damaged or unsupported object, ref or index; \
+         `git fsck` in the root tells which)"
+            .into(),
+    )
 }
 
-/// Opens (once per root) the repository whose working tree is the root itself.
-fn repo(root: &ToolRoot) -> Result<gix::Repository, ToolError> {
-    let shared = match root.inner.repo.get() {
-        Some(shared) => shared,
-        None => {
-            // `isolated`: no global or system config, no environment overrides; and `open`, not
-            // `discover`, so a repository above the root is never used.
-            let opened = gix::open_opts(root.path(), gix::open::Options::isolated())
-                .map_err(|_| not_repo())?;
-            let workdir = opened
-                .workdir()
-                .and_then(|dir| std::fs::canonicalize(dir).ok());
-            if workdir.as_deref() != Some(root.path()) {
-                return Err(not_repo());
-            }
-            root.inner.repo.get_or_init(|| opened.into_sync())
-        }
+/// Whether the root's `.git` is a directory of its own (not a file or a symlink).
+pub(super) fn is_plain_git_dir(root: &ToolRoot) -> bool {
+    root.inner
+        .dir
+        .symlink_metadata(".git")
+        .is_ok_and(|meta| meta.is_dir())
+}
+
+fn denied_repo(detail: String) -> ToolError {
+    ToolError::Denied(format!(
+        "{detail}; Corral reads only a repository stored in the root's own .git directory, so \
+         the git tools are refused for this root"
+    ))
+}
+
+/// Checks that everything git would read is stored under the root: `.git` is a directory, and
+/// nothing in it is a symlink, a FIFO, a socket, a device or a pointer file to another
+/// repository. The walk goes through the root's capability, so it never leaves the root itself,
+/// and no byte of any file is read, so no message can quote one.
+fn check_git_dir(root: &ToolRoot) -> Result<(), ToolError> {
+    let dir = &root.inner.dir;
+    let meta = match dir.symlink_metadata(".git") {
+        Ok(meta) => meta,
+        Err(_) => return Err(not_repo()),
     };
-    let mut local = shared.to_thread_local();
+    if meta.file_type().is_symlink() {
+        return Err(denied_repo(
+            "the root's .git is a symlink, which may point outside the root: replace it with the \
+             repository itself, or run with --root at the checkout it belongs to"
+                .into(),
+        ));
+    }
+    if meta.is_file() {
+        return Err(denied_repo(
+            "the root's .git is a file (a `gitdir:` pointer, as a linked worktree made by `git \
+             worktree add` or a submodule checkout has), and Corral does not follow it out of \
+             the root: run with --root at the main checkout, or clone the repository into a \
+             directory of its own"
+                .into(),
+        ));
+    }
+    if !meta.is_dir() {
+        return Err(denied_repo(
+            "the root's .git is not a directory (a FIFO, socket or device)".into(),
+        ));
+    }
+    let max = root.limits().max_git_entries;
+    let mut seen = 0usize;
+    let top = dir
+        .read_dir(".git")
+        .map_err(|err| ToolError::Io(format!("git: cannot list .git: {}", err.kind())))?;
+    let mut pending = Vec::new();
+    for entry in top {
+        let entry =
+            entry.map_err(|err| ToolError::Io(format!("git: cannot list .git: {}", err.kind())))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let path = std::path::Path::new(".git").join(name.as_ref());
+        let read = READ_DIRS.contains(&name.as_ref())
+            || READ_FILES.contains(&name.as_ref())
+            || is_pseudo_ref(&name);
+        if read {
+            seen += 1;
+            if check_git_entry(dir, &entry, &path)? {
+                pending.push(path);
+            }
+        }
+        // Anything else (hooks, lfs, modules, worktrees, an fsmonitor socket) is never read.
+    }
+    while let Some(here) = pending.pop() {
+        let entries = dir.read_dir(&here).map_err(|err| {
+            ToolError::Io(format!(
+                "git: cannot list {}: {}",
+                here.display(),
+                err.kind()
+            ))
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|err| {
+                ToolError::Io(format!(
+                    "git: cannot list {}: {}",
+                    here.display(),
+                    err.kind()
+                ))
+            })?;
+            seen += 1;
+            if seen > max {
+                return Err(ToolError::Limit(format!(
+                    "the root's .git holds more than {max} entries that git reads \
+                     (--max-git-entries): run `git gc` to pack loose objects, or raise \
+                     --max-git-entries"
+                )));
+            }
+            let path = here.join(entry.file_name());
+            if check_git_entry(dir, &entry, &path)? {
+                pending.push(path);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The directories of `.git` that gix reads for the git tools.
+const READ_DIRS: [&str; 4] = ["refs", "objects", "info", "logs"];
+
+/// The files at the top of `.git` that gix reads, besides pseudo-refs (`HEAD`, `ORIG_HEAD`, ...).
+const READ_FILES: [&str; 5] = ["config", "packed-refs", "index", "shallow", "commondir"];
+
+/// Largest index file the git tools read (an index holds about 100 bytes per tracked file).
+const MAX_INDEX_BYTES: u64 = 64 << 20;
+
+/// Whether a top-level name is one git resolves as a pseudo-ref (`HEAD`, `FETCH_HEAD`).
+fn is_pseudo_ref(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+}
+
+/// Checks one entry of `.git` that git may read; true when it is a directory to descend into.
+fn check_git_entry(
+    dir: &cap_std::fs::Dir,
+    entry: &cap_std::fs::DirEntry,
+    path: &std::path::Path,
+) -> Result<bool, ToolError> {
+    let kind = entry.file_type().map_err(|err| {
+        ToolError::Io(format!(
+            "git: cannot inspect {}: {}",
+            path.display(),
+            err.kind()
+        ))
+    })?;
+    if kind.is_dir() {
+        return Ok(true);
+    }
+    if kind.is_symlink() {
+        return Err(denied_repo(format!(
+            "{} is a symlink, which may point outside the root",
+            path.display()
+        )));
+    }
+    if !kind.is_file() {
+        return Err(denied_repo(format!(
+            "{} is not a regular file (a FIFO, socket or device), which git cannot read without \
+             blocking",
+            path.display()
+        )));
+    }
+    if let Some((_, why)) = POINTER_FILES
+        .iter()
+        .find(|(name, _)| std::path::Path::new(name) == path)
+    {
+        return Err(denied_repo(format!(
+            "the repository {why} ({})",
+            path.display()
+        )));
+    }
+    if path == std::path::Path::new(".git/index") {
+        let size = dir.metadata(path).map_or(0, |meta| meta.len());
+        if size > MAX_INDEX_BYTES {
+            return Err(ToolError::Limit(format!(
+                "the root's .git/index is {size} bytes, over the {MAX_INDEX_BYTES}-byte limit \
+                 of the git tools"
+            )));
+        }
+    }
+    Ok(false)
+}
+
+/// Checks (once per root) and opens the repository whose working tree is the root itself.
+fn repo(root: &ToolRoot) -> Result<gix::Repository, ToolError> {
+    let shared = root.inner.repo.get_or_init(|| {
+        check_git_dir(root)?;
+        // `isolated`: no global or system config, no includes, no environment overrides; and
+        // `open`, not `discover`, so a repository above the root is never used.
+        // A delta-base cache like git's own (`core.deltaBaseCacheLimit`), so that walking many
+        // revisions of the same trees does not re-inflate their delta chains.
+        let options = gix::open::Options::isolated()
+            .config_overrides([format!("core.deltaBaseCacheLimit={DELTA_BASE_CACHE}")]);
+        let opened = gix::open_opts(root.path(), options).map_err(|_| not_repo())?;
+        let canonical = |dir: &std::path::Path| std::fs::canonicalize(dir).ok();
+        let Some(workdir) = opened.workdir() else {
+            return Err(not_repo());
+        };
+        let git_dir = Some(root.path().join(".git"));
+        if canonical(workdir).as_deref() != Some(root.path())
+            || canonical(opened.git_dir()) != git_dir
+            || canonical(opened.common_dir()) != git_dir
+        {
+            return Err(denied_repo(
+                "the repository's configuration moves its working tree or metadata elsewhere \
+                 (core.worktree)"
+                    .into(),
+            ));
+        }
+        Ok(opened.into_sync())
+    });
+    let mut local = shared.as_ref().map_err(Clone::clone)?.to_thread_local();
     local.object_cache_size_if_unset(16 * 1024 * 1024);
     Ok(local)
 }
@@ -114,7 +388,10 @@ fn check_rev(rev: &str) -> Result<(), ToolError> {
     let bad = rev.len() > 256
         || rev.contains(['\0', ':', '\\', ' ', '\t', '\n', '\r'])
         || rev.contains("..")
-        || rev.starts_with(['-', '/']);
+        || rev.starts_with(['-', '/'])
+        // Names of other worktrees' refs (`worktrees/<name>/HEAD`, `main-worktree/HEAD`).
+        || rev.starts_with("worktrees/")
+        || rev.starts_with("main-worktree/");
     if bad {
         return Err(ToolError::InvalidInput(format!(
             "invalid revision {rev:?}: {hint}"
@@ -133,6 +410,8 @@ fn resolve_commit<'r>(repo: &'r gix::Repository, rev: &str) -> Result<gix::Commi
     };
     let id = repo.rev_parse_single(rev).map_err(|_| unknown())?;
     // A full hex id parses without the object existing, so a missing object is "unknown" too.
+    repo.find_header(id).map_err(|_| unknown())?;
+    check_size(repo, id.detach(), MAX_COMMIT_BYTES, "the object")?;
     let object = id.object().map_err(|_| unknown())?;
     let kind = object.kind;
     object.peel_to_commit().map_err(|_| {
@@ -147,21 +426,36 @@ fn head_commit(repo: &gix::Repository) -> Result<Option<gix::Commit<'_>>, ToolEr
     if head.is_unborn() {
         return Ok(None);
     }
-    repo.head_commit().map(Some).map_err(git_error)
+    let id = repo.head_id().map_err(git_error)?.detach();
+    find_commit(repo, id).map(Some)
+}
+
+/// Fails when object `id` is larger than `max` bytes, before it is inflated.
+fn check_size(repo: &gix::Repository, id: ObjectId, max: u64, what: &str) -> Result<(), ToolError> {
+    let size = repo.find_header(id).map_err(git_error)?.size();
+    if size > max {
+        return Err(ToolError::Limit(format!(
+            "{what} {id} is {size} bytes, over the {max}-byte limit of the git tools: the \
+             repository holds an object too large to read"
+        )));
+    }
+    Ok(())
+}
+
+/// Finds a commit, refusing one larger than [`MAX_COMMIT_BYTES`] before it is inflated.
+fn find_commit(repo: &gix::Repository, id: ObjectId) -> Result<gix::Commit<'_>, ToolError> {
+    check_size(repo, id, MAX_COMMIT_BYTES, "commit")?;
+    repo.find_commit(id).map_err(git_error)
 }
 
 fn tree_id(commit: &gix::Commit<'_>) -> Result<ObjectId, ToolError> {
     commit.tree_id().map(|id| id.detach()).map_err(git_error)
 }
 
-/// The first parent of a commit, if any.
-fn first_parent(commit: &gix::Commit<'_>) -> Option<ObjectId> {
-    commit.parent_ids().next().map(|id| id.detach())
-}
-
 /// Implements [`ToolRoot::git_log`].
 pub(super) fn log(
     root: &ToolRoot,
+    call: &Call,
     path: Option<&str>,
     max: Option<u32>,
 ) -> Result<Vec<Commit>, ToolError> {
@@ -170,8 +464,10 @@ pub(super) fn log(
         .map(confine::normalize)
         .transpose()?
         .filter(|p| !p.is_empty());
+    let mut lookup = rel.as_deref().map(PathLookup::new);
     let max = max.map_or(usize::MAX, |m| m as usize);
     let max_output = root.limits().max_output_bytes;
+    let mut visits = Visits::new(root, call);
     let mut out = Vec::new();
     let Some(head) = head_commit(&repo)? else {
         return Ok(out);
@@ -186,20 +482,31 @@ pub(super) fn log(
         ))
         .all()
         .map_err(git_error)?;
+    // With a path, most commits are skipped: their root trees come from the commit-graph when
+    // the repository has one (as git does), so a skipped commit is never inflated.
+    let graph = lookup.as_ref().and_then(|_| repo.commit_graph().ok());
+    let tree_of = |id: ObjectId| -> Result<ObjectId, ToolError> {
+        if let Some(commit) = graph.as_ref().and_then(|graph| graph.commit_by_id(id)) {
+            return Ok(commit.root_tree_id().to_owned());
+        }
+        tree_id(&find_commit(&repo, id)?)
+    };
     let mut bytes = 0usize;
     for info in walk {
+        call.check()?;
         let info = info.map_err(git_error)?;
-        let commit = info.object().map_err(git_error)?;
-        if let Some(rel) = &rel {
-            let here = entry_at(&repo, Some(tree_id(&commit)?), rel)?;
-            let parent_tree = match first_parent(&commit) {
-                Some(parent) => Some(tree_id(&repo.find_commit(parent).map_err(git_error)?)?),
+        if let Some(lookup) = &mut lookup {
+            let here = lookup.at(&repo, &mut visits, Some(tree_of(info.id)?))?;
+            let parent_tree = match info.parent_ids.first() {
+                Some(parent) => Some(tree_of(*parent)?),
                 None => None,
             };
-            if here == entry_at(&repo, parent_tree, rel)? {
+            if here == lookup.at(&repo, &mut visits, parent_tree)? {
                 continue;
             }
         }
+        check_size(&repo, info.id, MAX_COMMIT_BYTES, "commit")?;
+        let commit = info.object().map_err(git_error)?;
         let author = commit.author().map_err(git_error)?;
         let entry = Commit {
             id: commit.id.to_string(),
@@ -223,23 +530,99 @@ pub(super) fn log(
     Ok(out)
 }
 
+/// What one path is in many trees, remembered by tree id at every level of the path: a commit
+/// that did not touch the path's top directory costs one lookup in a tree seen before.
+struct PathLookup {
+    parts: Vec<String>,
+    /// (depth, tree id) to what the rest of the path is in that tree.
+    known: HashMap<(usize, ObjectId), Option<(ObjectId, EntryKind)>>,
+}
+
+/// Remembered lookups before the memory of a [`PathLookup`] starts over.
+const PATH_LOOKUP_MEMORY: usize = 1 << 16;
+
+impl PathLookup {
+    fn new(rel: &str) -> Self {
+        PathLookup {
+            parts: rel.split('/').map(str::to_string).collect(),
+            known: HashMap::new(),
+        }
+    }
+
+    /// What the path is in `tree`: `None` if absent.
+    fn at(
+        &mut self,
+        repo: &gix::Repository,
+        visits: &mut Visits,
+        tree: Option<ObjectId>,
+    ) -> Result<Option<(ObjectId, EntryKind)>, ToolError> {
+        let Some(tree) = tree else { return Ok(None) };
+        self.below(repo, visits, tree, 0)
+    }
+
+    fn below(
+        &mut self,
+        repo: &gix::Repository,
+        visits: &mut Visits,
+        tree: ObjectId,
+        depth: usize,
+    ) -> Result<Option<(ObjectId, EntryKind)>, ToolError> {
+        if let Some(known) = self.known.get(&(depth, tree)) {
+            return Ok(*known);
+        }
+        visits.take(1)?;
+        let object = find_tree(repo, tree)?;
+        let found = object
+            .find_entry(self.parts[depth].as_str())
+            .map(|entry| (entry.object_id(), entry.mode().kind()));
+        let result = match found {
+            Some((id, EntryKind::Tree)) if depth + 1 < self.parts.len() => {
+                self.below(repo, visits, id, depth + 1)?
+            }
+            Some(_) if depth + 1 < self.parts.len() => None,
+            other => other,
+        };
+        if self.known.len() >= PATH_LOOKUP_MEMORY {
+            self.known.clear();
+        }
+        self.known.insert((depth, tree), result);
+        Ok(result)
+    }
+}
+
+/// Finds a tree object, refusing one larger than [`MAX_TREE_BYTES`] before it is inflated.
+fn find_tree(repo: &gix::Repository, id: ObjectId) -> Result<gix::Tree<'_>, ToolError> {
+    let size = repo.find_header(id).map_err(git_error)?.size();
+    if size > MAX_TREE_BYTES {
+        return Err(ToolError::Limit(format!(
+            "tree {id} is {size} bytes, over the {MAX_TREE_BYTES}-byte limit of one tree: the \
+             repository has a directory too large to read"
+        )));
+    }
+    repo.find_tree(id).map_err(git_error)
+}
+
 /// What `rel` (a normalised path, files or directories) is in the tree `tree`: `None` if absent.
 fn entry_at(
     repo: &gix::Repository,
+    visits: &mut Visits,
     tree: Option<ObjectId>,
     rel: &str,
 ) -> Result<Option<(ObjectId, EntryKind)>, ToolError> {
-    let Some(tree) = tree else { return Ok(None) };
-    let tree = repo.find_tree(tree).map_err(git_error)?;
-    let entry = tree.lookup_entry_by_path(rel).map_err(git_error)?;
-    Ok(entry.map(|e| (e.object_id(), e.mode().kind())))
+    PathLookup::new(rel).at(repo, visits, tree)
 }
 
 /// Implements [`ToolRoot::git_show`].
-pub(super) fn show(root: &ToolRoot, rev: &str, path: Option<&str>) -> Result<String, ToolError> {
+pub(super) fn show(
+    root: &ToolRoot,
+    call: &Call,
+    rev: &str,
+    path: Option<&str>,
+) -> Result<String, ToolError> {
     let repo = repo(root)?;
     let commit = resolve_commit(&repo, rev)?;
     let limits = root.limits();
+    let mut visits = Visits::new(root, call);
     if let Some(path) = path {
         let rel = confine::normalize(path)?;
         if rel.is_empty() {
@@ -247,11 +630,12 @@ pub(super) fn show(root: &ToolRoot, rev: &str, path: Option<&str>) -> Result<Str
                 "{path:?} is the root directory: give a file path to show"
             )));
         }
-        let entry = entry_at(&repo, Some(tree_id(&commit)?), &rel)?.ok_or_else(|| {
-            ToolError::NotFound(format!(
-                "{path:?} does not exist at revision {rev:?}: check the path, e.g. with git_log"
-            ))
-        })?;
+        let entry =
+            entry_at(&repo, &mut visits, Some(tree_id(&commit)?), &rel)?.ok_or_else(|| {
+                ToolError::NotFound(format!(
+                    "{path:?} does not exist at revision {rev:?}: check the path, e.g. with git_log"
+                ))
+            })?;
         return match entry.1 {
             EntryKind::Tree => Err(ToolError::InvalidInput(format!(
                 "{path:?} is a directory at revision {rev:?}: give a file path"
@@ -298,20 +682,28 @@ pub(super) fn show(root: &ToolRoot, rev: &str, path: Option<&str>) -> Result<Str
         }
     }
     let old = match parents.first() {
-        Some(parent) => Some(tree_id(&repo.find_commit(*parent).map_err(git_error)?)?),
+        Some(parent) => Some(tree_id(&find_commit(&repo, *parent)?)?),
         None => None,
     };
     let mut changes = Vec::new();
-    tree_changes(&repo, old, Some(tree_id(&commit)?), "", &mut changes)?;
+    tree_changes(
+        &repo,
+        &mut visits,
+        old,
+        Some(tree_id(&commit)?),
+        "",
+        &mut changes,
+    )?;
     if !changes.is_empty() {
         out.push('\n');
     }
-    render_changes(&repo, root, changes, out, "git show answer")
+    render_changes(&repo, root, call, changes, out, "git show answer")
 }
 
 /// Implements [`ToolRoot::git_diff`].
-pub(super) fn diff(root: &ToolRoot, range: Option<&str>) -> Result<String, ToolError> {
+pub(super) fn diff(root: &ToolRoot, call: &Call, range: Option<&str>) -> Result<String, ToolError> {
     let repo = repo(root)?;
+    let mut visits = Visits::new(root, call);
     let out = String::new();
     let range = range.map(str::trim).filter(|r| !r.is_empty());
     if let Some(range) = range {
@@ -328,36 +720,39 @@ pub(super) fn diff(root: &ToolRoot, range: Option<&str>) -> Result<String, ToolE
             };
             let (a, b) = (tree_of(a)?, tree_of(b)?);
             let mut changes = Vec::new();
-            tree_changes(&repo, Some(a), Some(b), "", &mut changes)?;
-            return render_changes(&repo, root, changes, out, "diff");
+            tree_changes(&repo, &mut visits, Some(a), Some(b), "", &mut changes)?;
+            return render_changes(&repo, root, call, changes, out, "diff");
         }
         let base = tree_id(&resolve_commit(&repo, range)?)?;
-        let changes = worktree_changes(root, &repo, Some(base))?;
-        return render_changes(&repo, root, changes, out, "diff");
+        let changes = worktree_changes(root, &repo, &mut visits, Some(base))?;
+        return render_changes(&repo, root, call, changes, out, "diff");
     }
     let base = match head_commit(&repo)? {
         Some(head) => Some(tree_id(&head)?),
         None => None,
     };
-    let changes = worktree_changes(root, &repo, base)?;
-    render_changes(&repo, root, changes, out, "diff")
+    let changes = worktree_changes(root, &repo, &mut visits, base)?;
+    render_changes(&repo, root, call, changes, out, "diff")
 }
 
 /// Implements [`ToolRoot::git_status`].
-pub(super) fn status(root: &ToolRoot) -> Result<Vec<StatusEntry>, ToolError> {
+pub(super) fn status(root: &ToolRoot, call: &Call) -> Result<Vec<StatusEntry>, ToolError> {
     let repo = repo(root)?;
+    let mut visits = Visits::new(root, call);
     let base_tree = match head_commit(&repo)? {
         Some(head) => Some(tree_id(&head)?),
         None => None,
     };
-    let base = flatten(&repo, base_tree)?;
-    let index = index_view(&repo)?;
+    let base = flatten(&repo, &mut visits, base_tree)?;
+    let index = index_view(&repo, &mut visits)?;
     let mut out = Vec::new();
     let tracked: BTreeSet<&String> = base.keys().chain(index.entries.keys()).collect();
     for path in tracked {
+        call.check()?;
         let in_base = base.get(path.as_str()).copied();
         let status = match work_state(
             root,
+            call,
             &repo,
             path,
             in_base,
@@ -376,8 +771,8 @@ pub(super) fn status(root: &ToolRoot) -> Result<Vec<StatusEntry>, ToolError> {
         });
     }
     let base_path = root.path();
-    for entry in super::walk::walker(root, super::walk::Mode::Git, None) {
-        let Ok(entry) = entry else { continue };
+    for entry in super::walk::walker(root, call, super::walk::Mode::Git, None) {
+        let entry = entry?;
         let Some(kind) = entry.file_type() else {
             continue;
         };
@@ -408,44 +803,64 @@ pub(super) fn status(root: &ToolRoot) -> Result<Vec<StatusEntry>, ToolError> {
     Ok(out)
 }
 
-/// All non-tree entries of a tree, by `/`-separated path.
+/// All non-tree entries of a tree, by `/`-separated path (walked breadth-first, counted
+/// against `--max-git-entries`, at most [`MAX_TREE_DEPTH`] deep).
 fn flatten(
     repo: &gix::Repository,
+    visits: &mut Visits,
     tree: Option<ObjectId>,
 ) -> Result<BTreeMap<String, Entry>, ToolError> {
     let mut out = BTreeMap::new();
     let Some(tree) = tree else { return Ok(out) };
-    let records = repo
-        .find_tree(tree)
-        .map_err(git_error)?
-        .traverse()
-        .breadthfirst
-        .files()
-        .map_err(git_error)?;
-    for record in records {
-        let kind = record.mode.kind();
-        if kind != EntryKind::Tree {
-            out.insert(
-                record.filepath.to_string(),
-                Entry {
-                    id: record.oid,
-                    kind,
-                },
-            );
+    let mut pending = std::collections::VecDeque::from([(tree, String::new(), 0usize)]);
+    while let Some((tree, prefix, depth)) = pending.pop_front() {
+        if depth > MAX_TREE_DEPTH {
+            return Err(too_deep(&prefix));
+        }
+        for (name, entry) in tree_level(repo, visits, Some(tree))? {
+            let path = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            visits.path(&path)?;
+            if entry.kind == EntryKind::Tree {
+                pending.push_back((entry.id, path, depth + 1));
+            } else {
+                out.insert(path, entry);
+            }
         }
     }
     Ok(out)
 }
 
-/// The non-tree entries directly in a tree, and its subtrees, by name.
+fn too_deep(path: &str) -> ToolError {
+    let shown: String = path.chars().take(200).collect();
+    ToolError::Limit(format!(
+        "the repository's trees nest deeper than {MAX_TREE_DEPTH} directories (at {shown:?}…): \
+         Corral does not walk them"
+    ))
+}
+
+/// The entries directly in a tree (files and subtrees), by name.
 fn tree_level(
     repo: &gix::Repository,
+    visits: &mut Visits,
     tree: Option<ObjectId>,
 ) -> Result<BTreeMap<String, Entry>, ToolError> {
     let mut out = BTreeMap::new();
     let Some(tree) = tree else { return Ok(out) };
-    let tree = repo.find_tree(tree).map_err(git_error)?;
-    for entry in tree.decode().map_err(git_error)?.entries.iter() {
+    let tree = find_tree(repo, tree)?;
+    let decoded = tree.decode().map_err(git_error)?;
+    visits.take(decoded.entries.len().max(1))?;
+    for entry in decoded.entries.iter() {
+        if entry.filename.len() > MAX_NAME_BYTES {
+            return Err(ToolError::Limit(format!(
+                "tree {} holds an entry name longer than {MAX_NAME_BYTES} bytes: Corral does not \
+                 read it",
+                tree.id
+            )));
+        }
         out.insert(
             entry.filename.to_string(),
             Entry {
@@ -460,6 +875,7 @@ fn tree_level(
 /// Appends the changes between two trees, skipping identical subtrees without reading them.
 fn tree_changes(
     repo: &gix::Repository,
+    visits: &mut Visits,
     old: Option<ObjectId>,
     new: Option<ObjectId>,
     prefix: &str,
@@ -468,24 +884,28 @@ fn tree_changes(
     if old == new {
         return Ok(());
     }
-    let old = tree_level(repo, old)?;
-    let new = tree_level(repo, new)?;
+    if prefix.split('/').count() > MAX_TREE_DEPTH {
+        return Err(too_deep(prefix));
+    }
+    let old = tree_level(repo, visits, old)?;
+    let new = tree_level(repo, visits, new)?;
     let names: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
     for name in names {
+        let (a, b) = (old.get(name).copied(), new.get(name).copied());
+        if a == b {
+            continue;
+        }
         let path = if prefix.is_empty() {
             name.clone()
         } else {
             format!("{prefix}/{name}")
         };
-        let (a, b) = (old.get(name).copied(), new.get(name).copied());
-        if a == b {
-            continue;
-        }
+        visits.path(&path)?;
         let subtree = |e: Option<Entry>| e.filter(|e| e.kind == EntryKind::Tree).map(|e| e.id);
         let file = |e: Option<Entry>| e.filter(|e| e.kind != EntryKind::Tree);
         // A path can turn from a file into a directory: that is a deletion plus additions.
         if subtree(a).is_some() || subtree(b).is_some() {
-            tree_changes(repo, subtree(a), subtree(b), &path, out)?;
+            tree_changes(repo, visits, subtree(a), subtree(b), &path, out)?;
         }
         let (fa, fb) = (file(a), file(b));
         if fa.is_some() || fb.is_some() {
@@ -500,9 +920,10 @@ fn tree_changes(
 }
 
 /// Reads the index (an absent index is empty).
-fn index_view(repo: &gix::Repository) -> Result<IndexView, ToolError> {
+fn index_view(repo: &gix::Repository, visits: &mut Visits) -> Result<IndexView, ToolError> {
     let index = repo.index_or_empty().map_err(git_error)?;
     let state: &gix::index::State = &index;
+    visits.take(state.entries().len())?;
     let mut entries = HashMap::with_capacity(state.entries().len());
     for entry in state.entries() {
         let path = entry.path(state).to_string();
@@ -577,6 +998,7 @@ fn mtime(meta: &cap_std::fs::Metadata) -> (i64, u32) {
 /// Compares the working tree at tracked path `rel` with `base` (its entry in the base tree).
 fn work_state(
     root: &ToolRoot,
+    call: &Call,
     repo: &gix::Repository,
     rel: &str,
     base: Option<Entry>,
@@ -616,16 +1038,18 @@ fn work_state(
             gix::objs::compute_hash(hash_kind, gix::objs::Kind::Blob, &bytes).map_err(git_error)?;
         (Content::Bytes(bytes), id)
     } else {
-        let file = match root.inner.dir.open(rel) {
+        let file = match confine::open_regular(&root.inner.dir, rel, rel) {
             Ok(file) => file,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(WorkState::Missing);
-            }
-            Err(err) => return Err(confine::io_error(rel, err)),
+            Err(ToolError::NotFound(_)) => return Ok(WorkState::Missing),
+            Err(err) => return Err(err),
         };
         if meta.size > max {
             // Too large to show, but whether it changed is still known exactly, by streaming.
-            let mut reader = file.take(meta.size);
+            // Checked: hashing a huge (or sparse) file stops with the call's time.
+            let mut reader = super::clock::Checked {
+                inner: file.take(meta.size),
+                call,
+            };
             let id = gix::objs::compute_stream_hash(
                 hash_kind,
                 gix::objs::Kind::Blob,
@@ -634,7 +1058,7 @@ fn work_state(
                 &mut gix::progress::Discard,
                 &std::sync::atomic::AtomicBool::new(false),
             )
-            .map_err(git_error)?;
+            .map_err(|err| call.check().err().unwrap_or_else(|| git_error(err)))?;
             (Content::TooLarge(meta.size), id)
         } else {
             let mut bytes = Vec::with_capacity(meta.size as usize);
@@ -664,16 +1088,19 @@ fn work_state(
 fn worktree_changes(
     root: &ToolRoot,
     repo: &gix::Repository,
+    visits: &mut Visits,
     base: Option<ObjectId>,
 ) -> Result<Vec<Change>, ToolError> {
-    let base = flatten(repo, base)?;
-    let index = index_view(repo)?;
+    let base = flatten(repo, visits, base)?;
+    let index = index_view(repo, visits)?;
     let tracked: BTreeSet<&String> = base.keys().chain(index.entries.keys()).collect();
     let mut out = Vec::new();
     for path in tracked {
+        visits.call.check()?;
         let old = base.get(path.as_str()).copied();
         let state = work_state(
             root,
+            visits.call,
             repo,
             path,
             old,
@@ -749,6 +1176,7 @@ fn is_binary(content: &Content) -> bool {
 fn render_changes(
     repo: &gix::Repository,
     root: &ToolRoot,
+    call: &Call,
     mut changes: Vec<Change>,
     mut out: String,
     what: &str,
@@ -756,6 +1184,7 @@ fn render_changes(
     let limits = root.limits();
     changes.sort_by(|a, b| a.path.cmp(&b.path));
     for change in changes {
+        call.check()?;
         let old = change
             .old
             .map(|side| side_content(repo, side, limits.max_read_bytes))

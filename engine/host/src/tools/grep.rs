@@ -1,10 +1,19 @@
 //! `grep`: a ripgrep-style search of the files under the root.
 
+use super::clock::{Call, Checked};
 use super::walk::{self, Mode, Pattern};
 use super::{GrepMatch, GrepOptions, ToolError, ToolRoot, confine, output_limit};
 use grep_regex::RegexMatcherBuilder;
 use grep_searcher::{BinaryDetection, Searcher, SearcherBuilder, Sink, SinkMatch};
 use std::ops::Range;
+
+/// Largest compiled program of a grep pattern (the regex crate's `size_limit`): a pattern like
+/// `a{1000}{1000}` is refused instead of compiled into gigabytes.
+pub(super) const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// Largest lazy-DFA cache of one grep (the regex crate's `dfa_size_limit`). Past it the regex
+/// engine falls back to slower matching, which tool time bounds.
+pub(super) const DFA_SIZE_LIMIT: usize = 8 << 20;
 
 /// Collects the matches of one file into reusable buffers, so that a file without matches costs
 /// no allocation.
@@ -58,6 +67,7 @@ impl Sink for &mut FileMatches {
 /// Implements [`ToolRoot::grep`].
 pub(super) fn grep(
     root: &ToolRoot,
+    call: &Call,
     pattern: &str,
     options: &GrepOptions,
 ) -> Result<Vec<GrepMatch>, ToolError> {
@@ -71,11 +81,21 @@ pub(super) fn grep(
         .case_insensitive(options.ignore_case)
         // Matches never span lines, which also enables the fast line-oriented search.
         .line_terminator(Some(b'\n'))
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(DFA_SIZE_LIMIT)
         .build(pattern)
         .map_err(|err| {
-            ToolError::InvalidInput(format!(
-                "invalid grep pattern {pattern:?}: {err}: fix the regular expression (Rust regex syntax)"
-            ))
+            let text = err.to_string();
+            if text.contains("size limit") {
+                ToolError::Limit(format!(
+                    "grep pattern {pattern:?} compiles to more than {REGEX_SIZE_LIMIT} bytes: use \
+                     a simpler pattern (fewer or smaller repetitions)"
+                ))
+            } else {
+                ToolError::InvalidInput(format!(
+                    "invalid grep pattern {pattern:?}: {text}: fix the regular expression (Rust regex syntax)"
+                ))
+            }
         })?;
     let filter = options
         .glob
@@ -92,9 +112,14 @@ pub(super) fn grep(
     if cap == 0 && !overflow_is_error {
         return Ok(out);
     }
+    // A line longer than the read limit is not held in memory: the file is skipped.
+    let line_limit = usize::try_from(limits.max_read_bytes)
+        .unwrap_or(usize::MAX)
+        .max(64 << 10);
     let mut searcher = SearcherBuilder::new()
         .line_number(true)
         .binary_detection(BinaryDetection::quit(0))
+        .heap_limit(Some(line_limit))
         .build();
     let mut found = FileMatches {
         lines: Vec::new(),
@@ -104,8 +129,8 @@ pub(super) fn grep(
     };
     let mut out_bytes = 0usize;
     let base = root.path();
-    'files: for entry in walk::walker(root, Mode::Search, filter.as_ref()) {
-        let Ok(entry) = entry else { continue };
+    'files: for entry in walk::walker(root, call, Mode::Search, filter.as_ref()) {
+        let entry = entry?;
         if !entry.file_type().is_some_and(|t| t.is_file()) {
             continue;
         }
@@ -115,14 +140,30 @@ pub(super) fn grep(
         if filter.as_ref().is_some_and(|f| !f.is_match(rel)) {
             continue;
         }
-        // Opening through the capability keeps a file swapped for a symlink after the walk inside.
-        let Ok(file) = root.inner.dir.open(rel) else {
+        // Opening through the capability keeps a file swapped for a symlink after the walk
+        // inside, and a file swapped for a FIFO is refused without blocking.
+        let Some(rel_str) = rel.to_str() else {
             continue;
         };
-        let file = file.into_std();
+        let Ok(file) = confine::open_regular(&root.inner.dir, rel_str, rel_str) else {
+            continue;
+        };
+        let reader = Checked {
+            inner: file.into_std(),
+            call,
+        };
         // One more than the room left, to tell "exactly at the limit" from "over it".
         found.reset(cap - out.len() + usize::from(overflow_is_error));
-        if searcher.search_file(&matcher, &file, &mut found).is_err() || found.binary {
+        if searcher
+            .search_reader(&matcher, reader, &mut found)
+            .is_err()
+        {
+            // The call ran out of time (reported as such), or the file could not be searched
+            // (unreadable, or a line over the limit): skipped, as ripgrep does.
+            call.check()?;
+            continue;
+        }
+        if found.binary {
             continue;
         }
         if found.lines.is_empty() {

@@ -9,17 +9,23 @@
 //!
 //! Every limit a guest can hit has a name, a default and a CLI flag, and the error says which.
 
+mod clock;
 mod confine;
 mod git;
 mod grep;
 mod walk;
 
 #[cfg(test)]
+mod attacks;
+#[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 /// Limits on what one tool call may return; each one has a CLI flag of the same name.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -33,6 +39,13 @@ pub struct ToolLimits {
     pub max_grep_matches: usize,
     /// Most bytes of one grep or git answer (`--max-output-bytes`).
     pub max_output_bytes: usize,
+    /// Host time all tool calls of a run may take together, scripts' and agents' alike
+    /// (`--max-tool-time`).
+    #[serde(rename = "max_tool_time_ms", with = "crate::limits::millis")]
+    pub max_tool_time: Duration,
+    /// Most entries one git call may visit: tree entries walked, index entries, entries of the
+    /// root's `.git` directory (`--max-git-entries`).
+    pub max_git_entries: usize,
 }
 
 impl Default for ToolLimits {
@@ -42,6 +55,8 @@ impl Default for ToolLimits {
             max_glob_results: 10_000,
             max_grep_matches: 1_000,
             max_output_bytes: 4 * 1024 * 1024,
+            max_tool_time: Duration::from_secs(10 * 60),
+            max_git_entries: 250_000,
         }
     }
 }
@@ -116,6 +131,9 @@ pub struct StatusEntry {
 #[derive(Clone)]
 pub struct ToolRoot {
     inner: Arc<Inner>,
+    /// The run's tool time, and the signal that stops calls when the run ends: one per run
+    /// ([`ToolRoot::for_run`]), while the directory and the repository are shared.
+    clock: Arc<clock::ToolClock>,
 }
 
 struct Inner {
@@ -124,8 +142,9 @@ struct Inner {
     /// The capability every file access goes through.
     dir: cap_std::fs::Dir,
     limits: ToolLimits,
-    /// Opened on first use, so that roots that are no repository pay nothing.
-    repo: OnceLock<gix::ThreadSafeRepository>,
+    /// Checked and opened on first use, so that roots that are no repository pay nothing. The
+    /// outcome of the check is kept too: a refused repository is refused the same way each time.
+    repo: OnceLock<Result<gix::ThreadSafeRepository, ToolError>>,
 }
 
 impl std::fmt::Debug for ToolRoot {
@@ -155,6 +174,7 @@ impl ToolRoot {
         let cap = cap_std::fs::Dir::open_ambient_dir(&path, cap_std::ambient_authority())
             .map_err(|err| ToolError::Io(format!("cannot open root directory {shown}: {err}")))?;
         Ok(ToolRoot {
+            clock: Arc::new(clock::ToolClock::new(limits.max_tool_time)),
             inner: Arc::new(Inner {
                 path,
                 dir: cap,
@@ -174,8 +194,29 @@ impl ToolRoot {
         &self.inner.limits
     }
 
+    /// The same directory with a tool-time account of its own, for one run: a dry run (a plan)
+    /// and the run it checks never share tool time, and ending one never ends the other.
+    pub fn for_run(&self) -> ToolRoot {
+        ToolRoot {
+            inner: Arc::clone(&self.inner),
+            clock: Arc::new(clock::ToolClock::new(self.inner.limits.max_tool_time)),
+        }
+    }
+
+    /// Host time the tool calls of this root have taken so far (finished calls).
+    pub fn tool_time(&self) -> Duration {
+        self.clock.spent()
+    }
+
+    /// Ends the run's tool use: calls in flight stop at their next check, new calls fail. Called
+    /// when the run ends, so that no blocking thread outlives it by more than one check.
+    pub fn end(&self) {
+        self.clock.end();
+    }
+
     /// Reads a file (following symlinks only while they stay inside the root) as lossy UTF-8.
     pub fn read(&self, path: &str) -> Result<String, ToolError> {
+        let _call = self.clock.begin("read")?;
         let rel = confine::normalize(path)?;
         let bytes = self.read_bytes(path, confine::as_dir_path(&rel))?;
         Ok(confine::lossy(bytes))
@@ -197,18 +238,20 @@ impl ToolRoot {
             )));
         }
         if !meta.is_file() {
-            return Err(ToolError::InvalidInput(format!(
-                "{shown:?} is not a regular file: only regular files can be read"
+            return Err(confine::not_regular(shown));
+        }
+        if shown.ends_with('/') {
+            // `a.txt/` names a directory; the OS would refuse it, and so does the tool.
+            return Err(ToolError::NotFound(format!(
+                "{shown:?} ends with '/', so it names a directory, but {:?} is a file: drop the \
+                 trailing '/'",
+                shown.trim_end_matches('/')
             )));
         }
         if meta.len() > max {
             return Err(read_limit(shown, meta.len(), max));
         }
-        let file = self
-            .inner
-            .dir
-            .open(rel)
-            .map_err(|err| confine::io_error(shown, err))?;
+        let file = confine::open_regular(&self.inner.dir, shown, rel)?;
         let mut bytes = Vec::with_capacity(meta.len() as usize);
         // `take` guards against a file that grew after the metadata check.
         file.take(max + 1)
@@ -225,38 +268,44 @@ impl ToolRoot {
     /// `*` and `?` do not cross `/`; `**` does. Ignored (`.gitignore`, `.ignore`) and hidden files
     /// are skipped, and symlinks are not followed, like ripgrep.
     pub fn glob(&self, pattern: &str) -> Result<Vec<String>, ToolError> {
-        walk::glob(self, pattern)
+        let call = self.clock.begin("glob")?;
+        walk::glob(self, &call, pattern)
     }
 
     /// Searches the files under the root (optionally only those matching `options.glob`) for lines
     /// matching the regular expression `pattern`. Matches are sorted by path, then line.
     pub fn grep(&self, pattern: &str, options: &GrepOptions) -> Result<Vec<GrepMatch>, ToolError> {
-        grep::grep(self, pattern, options)
+        let call = self.clock.begin("grep")?;
+        grep::grep(self, &call, pattern, options)
     }
 
     /// Lists commits reachable from `HEAD`, newest first; with `path`, only commits that changed
     /// it compared to their first parent. At most `max` commits when given.
     pub fn git_log(&self, path: Option<&str>, max: Option<u32>) -> Result<Vec<Commit>, ToolError> {
-        git::log(self, path, max)
+        let call = self.clock.begin("git log")?;
+        git::log(self, &call, path, max)
     }
 
     /// Without `path`: the commit header, message and unified patch against its first parent.
     /// With `path`: the content of that file at `rev` (lossy UTF-8).
     pub fn git_show(&self, rev: &str, path: Option<&str>) -> Result<String, ToolError> {
-        git::show(self, rev, path)
+        let call = self.clock.begin("git show")?;
+        git::show(self, &call, rev, path)
     }
 
     /// A unified diff. `None`: `HEAD` against the working tree; `"a..b"`: tree `a` against tree
     /// `b` (an empty side means `HEAD`); `"rev"`: `rev` against the working tree. Only tracked
     /// files (in the revision or the index) take part in working-tree diffs.
     pub fn git_diff(&self, range: Option<&str>) -> Result<String, ToolError> {
-        git::diff(self, range)
+        let call = self.clock.begin("git diff")?;
+        git::diff(self, &call, range)
     }
 
     /// The paths whose working-tree state differs from `HEAD`, plus untracked files that
     /// `.gitignore` does not exclude, sorted by path.
     pub fn git_status(&self) -> Result<Vec<StatusEntry>, ToolError> {
-        git::status(self)
+        let call = self.clock.begin("git status")?;
+        git::status(self, &call)
     }
 }
 

@@ -9,14 +9,14 @@ use std::os::unix::fs::symlink;
 use std::process::Command;
 use tempfile::TempDir;
 
-fn write(dir: &Path, rel: &str, content: impl AsRef<[u8]>) {
+pub(super) fn write(dir: &Path, rel: &str, content: impl AsRef<[u8]>) {
     let path = dir.join(rel);
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     fs::write(path, content).unwrap();
 }
 
 /// A directory outside every root, holding a secret that must never be returned.
-fn outside() -> TempDir {
+pub(super) fn outside() -> TempDir {
     let dir = TempDir::new().unwrap();
     write(dir.path(), "secret.txt", "TOP SECRET Hello\n");
     dir
@@ -48,7 +48,7 @@ fn fixture(limits: ToolLimits) -> (TempDir, TempDir, ToolRoot) {
     (dir, out, root)
 }
 
-fn kind(err: &ToolError) -> &'static str {
+pub(super) fn kind(err: &ToolError) -> &'static str {
     match err {
         ToolError::Denied(_) => "denied",
         ToolError::NotFound(_) => "not found",
@@ -471,12 +471,12 @@ fn grep_rejects_bad_patterns() {
 // ---------------------------------------------------------------------------------------------
 // git
 
-const T1: i64 = 1_700_000_000;
+pub(super) const T1: i64 = 1_700_000_000;
 const T2: i64 = 1_700_000_100;
 const T3: i64 = 1_700_000_200;
 
 /// Runs the `git` binary (setup only) with a fixed identity, date and no user configuration.
-fn git(dir: &Path, args: &[&str], time: i64) -> String {
+pub(super) fn git(dir: &Path, args: &[&str], time: i64) -> String {
     let output = Command::new("git")
         .current_dir(dir)
         .args([

@@ -1,7 +1,9 @@
 //! Walking the root like ripgrep does, and glob patterns over root-relative paths.
 
-use super::{ToolError, ToolRoot, confine};
+use super::clock::Call;
+use super::{ToolError, ToolRoot, confine, git};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 /// A compiled glob pattern plus the literal directory prefix it is confined to, so that walks can
 /// skip directories that cannot contain a match (`src/**/*.rs` only walks `src`).
@@ -9,6 +11,8 @@ pub(super) struct Pattern {
     matcher: globset::GlobMatcher,
     /// Leading literal directory components, joined by `/` (empty: no pruning).
     prefix: String,
+    /// How deep a match can be, when the pattern has no `**` (`*.rs` only matches at the top).
+    depth: Option<usize>,
 }
 
 impl Pattern {
@@ -77,9 +81,14 @@ impl Pattern {
             .copied()
             .collect::<Vec<_>>()
             .join("/");
+        // Without `**` a match has as many components as the pattern, except that a character
+        // class (`[!x]`) may match a `/`: then no pruning.
+        let depth =
+            (!trimmed.contains("**") && !trimmed.contains('[')).then(|| trimmed.split('/').count());
         Ok(Pattern {
             matcher: glob.compile_matcher(),
             prefix: literal,
+            depth,
         })
     }
 
@@ -105,9 +114,125 @@ pub(super) enum Mode {
     Git,
 }
 
+/// The ignore files the walker reads in a directory, by mode.
+fn ignore_files(mode: Mode) -> &'static [&'static str] {
+    match mode {
+        Mode::Search => &[".gitignore", ".ignore"],
+        Mode::Git => &[".gitignore"],
+    }
+}
+
+/// Whether the walker may read the ignore file `rel` (root-relative): absent, or a regular file
+/// that stays inside the root. Anything else (a FIFO would block the walk, a symlink out would
+/// feed it bytes from outside the root) is refused by name.
+fn check_ignore_file(root: &ToolRoot, rel: &str) -> Result<(), ToolError> {
+    let max = root.limits().max_read_bytes;
+    let size_ok = |size: u64| {
+        if size > max {
+            return Err(ToolError::Limit(format!(
+                "the ignore file {rel:?} is {size} bytes, over the read limit of {max} bytes, so \
+                 Corral does not read it: shorten it, or raise --max-read-bytes"
+            )));
+        }
+        Ok(())
+    };
+    match root.inner.dir.symlink_metadata(rel) {
+        Err(_) => return Ok(()),
+        Ok(meta) if meta.is_file() => return size_ok(meta.len()),
+        Ok(_) => {}
+    }
+    // A symlink is fine while it resolves (inside the root) to a regular file.
+    match root.inner.dir.metadata(rel) {
+        Ok(meta) if meta.is_file() => size_ok(meta.len()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        _ => Err(ToolError::Denied(format!(
+            "the ignore file {rel:?} is not a regular file inside the root (a FIFO, socket, \
+             device, directory, or a symlink out of the root), so Corral does not read it and \
+             cannot walk its directory: replace it with a regular file or remove it"
+        ))),
+    }
+}
+
+/// A walk over the root: [`ignore::Walk`] plus the checks Corral adds. Yields entries, skipping
+/// unreadable ones; fails on an ignore file it may not read, on a path too long for the OS, and
+/// when the call must stop.
+pub(super) struct Walk<'c, 'a> {
+    inner: ignore::Walk,
+    call: &'c Call<'a>,
+    /// The first ignore file the walk refused (set inside `filter_entry`).
+    refused: Arc<Mutex<Option<ToolError>>>,
+    failed: bool,
+}
+
+impl Iterator for Walk<'_, '_> {
+    type Item = Result<ignore::DirEntry, ToolError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        loop {
+            // Before stepping: a refused root ignore file must stop the walk before the walker
+            // opens it.
+            if let Some(error) = self.take_refused().or_else(|| self.call.check().err()) {
+                return self.fail(error);
+            }
+            let next = self.inner.next();
+            // `filter_entry` may have refused a directory's ignore file during the step.
+            if let Some(error) = self.take_refused() {
+                return self.fail(error);
+            }
+            match next? {
+                Ok(entry) => return Some(Ok(entry)),
+                Err(err) => match too_long(&err) {
+                    Some(error) => return self.fail(error),
+                    // Unreadable entries (permission denied, vanished) are skipped, as ripgrep
+                    // does.
+                    None => continue,
+                },
+            }
+        }
+    }
+}
+
+impl Walk<'_, '_> {
+    fn take_refused(&self) -> Option<ToolError> {
+        self.refused.lock().ok().and_then(|mut slot| slot.take())
+    }
+
+    fn fail(&mut self, error: ToolError) -> Option<Result<ignore::DirEntry, ToolError>> {
+        self.failed = true;
+        Some(Err(error))
+    }
+}
+
+/// A walk error for a path longer than the OS allows: an answer without it would be silently
+/// incomplete.
+fn too_long(err: &ignore::Error) -> Option<ToolError> {
+    let io = err.io_error()?;
+    let path_too_long = io.raw_os_error() == Some(libc::ENAMETOOLONG)
+        || io.kind() == std::io::ErrorKind::InvalidFilename;
+    path_too_long.then(|| {
+        ToolError::Limit(
+            "a path under the root is longer than the operating system allows (ENAMETOOLONG), so \
+             the walk cannot list everything: narrow the pattern to avoid the deep directory, or \
+             shorten the paths under the root"
+                .into(),
+        )
+    })
+}
+
 /// A sequential walker over the root that never follows symlinks (so it never leaves the root),
-/// never reads ignore files above the root, and yields entries in a deterministic order.
-pub(super) fn walker(root: &ToolRoot, mode: Mode, pattern: Option<&Pattern>) -> ignore::Walk {
+/// never reads ignore files above the root or outside it, and yields entries in a deterministic
+/// order. Ignore files are git's (`.gitignore`, and the root repository's `.git/info/exclude`)
+/// and, when searching, `.ignore`; nested repositories' `info/exclude` files are not read.
+pub(super) fn walker<'c, 'a>(
+    root: &ToolRoot,
+    call: &'c Call<'a>,
+    mode: Mode,
+    pattern: Option<&Pattern>,
+) -> Walk<'c, 'a> {
+    let refused: Arc<Mutex<Option<ToolError>>> = Arc::new(Mutex::new(None));
     let base = root.path().to_path_buf();
     let mut builder = ignore::WalkBuilder::new(&base);
     builder
@@ -115,41 +240,86 @@ pub(super) fn walker(root: &ToolRoot, mode: Mode, pattern: Option<&Pattern>) -> 
         .parents(false)
         .git_global(false)
         .git_ignore(true)
-        .git_exclude(true)
+        // The ignore crate would follow a `.git` file's `gitdir:` pointer anywhere to find
+        // `info/exclude`; the root repository's exclude file is added below after a check.
+        .git_exclude(false)
         .require_git(false)
         .ignore(mode == Mode::Search)
         .hidden(mode == Mode::Search)
+        .max_depth(pattern.and_then(|p| p.depth))
         .sort_by_file_name(|a, b| a.cmp(b));
+    let mut first = ignore_files(mode)
+        .iter()
+        .map(|name| check_ignore_file(root, name))
+        .find_map(Result::err);
+    if first.is_none() && git::is_plain_git_dir(root) {
+        match check_ignore_file(root, ".git/info/exclude") {
+            Ok(()) => {
+                if root
+                    .inner
+                    .dir
+                    .symlink_metadata(".git/info/exclude")
+                    .is_ok_and(|m| m.is_file())
+                {
+                    let _ = builder.add_ignore(base.join(".git/info/exclude"));
+                }
+            }
+            Err(error) => first = Some(error),
+        }
+    }
+    if let Some(error) = first {
+        *refused.lock().expect("fresh lock") = Some(error);
+    }
     let prefix = pattern.map(|p| p.prefix.clone()).filter(|p| !p.is_empty());
-    if mode == Mode::Git || prefix.is_some() {
-        builder.filter_entry(move |entry| {
-            // Git never lists its own `.git` (a directory, or a file in linked worktrees).
-            if mode == Mode::Git && entry.depth() > 0 && entry.file_name() == ".git" {
+    let filter_root = root.clone();
+    let filter_refused = Arc::clone(&refused);
+    builder.filter_entry(move |entry| {
+        // Git never lists its own `.git` (a directory, or a file in linked worktrees).
+        if mode == Mode::Git && entry.depth() > 0 && entry.file_name() == ".git" {
+            return false;
+        }
+        if !entry.file_type().is_some_and(|t| t.is_dir()) {
+            return true;
+        }
+        let Ok(rel) = entry.path().strip_prefix(&base) else {
+            return true;
+        };
+        let Some(rel) = rel.to_str() else {
+            return true;
+        };
+        if let Some(prefix) = &prefix {
+            // Descend only into ancestors of the prefix, the prefix itself, and below it.
+            if !(is_dir_prefix(rel, prefix) || is_dir_prefix(prefix, rel)) {
                 return false;
             }
-            if !entry.file_type().is_some_and(|t| t.is_dir()) {
-                return true;
+        }
+        // The walker reads this directory's ignore files when it enters it: check them first.
+        for name in ignore_files(mode) {
+            if let Err(error) = check_ignore_file(&filter_root, &format!("{rel}/{name}")) {
+                if let Ok(mut slot) = filter_refused.lock() {
+                    slot.get_or_insert(error);
+                }
+                return false;
             }
-            match (&prefix, entry.path().strip_prefix(&base)) {
-                // Descend only into ancestors of the prefix, the prefix itself, and below it.
-                (Some(prefix), Ok(rel)) => rel
-                    .to_str()
-                    .is_some_and(|rel| is_dir_prefix(rel, prefix) || is_dir_prefix(prefix, rel)),
-                _ => true,
-            }
-        });
+        }
+        true
+    });
+    Walk {
+        inner: builder.build(),
+        call,
+        refused,
+        failed: false,
     }
-    builder.build()
 }
 
 /// Implements [`ToolRoot::glob`].
-pub(super) fn glob(root: &ToolRoot, pattern: &str) -> Result<Vec<String>, ToolError> {
+pub(super) fn glob(root: &ToolRoot, call: &Call, pattern: &str) -> Result<Vec<String>, ToolError> {
     let compiled = Pattern::new(pattern)?;
     let max = root.limits().max_glob_results;
     let base = root.path();
     let mut out = Vec::new();
-    for entry in walker(root, Mode::Search, Some(&compiled)) {
-        let Ok(entry) = entry else { continue };
+    for entry in walker(root, call, Mode::Search, Some(&compiled)) {
+        let entry = entry?;
         if !entry.file_type().is_some_and(|t| t.is_file()) {
             continue;
         }

@@ -250,3 +250,50 @@ fn typescript_is_recognised() {
     );
     assert_eq!(typescript_hint("const x = { a: 1 }; f(a ? b : c)"), None);
 }
+
+#[test]
+fn nesting_past_the_limit_is_refused_not_hinted() {
+    let nested = |n: usize| format!("return {}1{}", "[".repeat(n), "]".repeat(n));
+    assert_eq!(
+        errors(&nested(crate::lexer::MAX_NESTING)),
+        Vec::<String>::new()
+    );
+    let error = first_error(&nested(crate::lexer::MAX_NESTING + 1));
+    assert!(
+        error.starts_with(
+            "1:108: brackets and prefix operators nest more than 100 deep here, the most the \
+             workflow runtime compiles (MAX_NESTING)"
+        ),
+        "{error}"
+    );
+    // Prefix operators and `**` in a row count as levels, before brackets and inside them.
+    assert!(!errors(&format!("return {}1", "!".repeat(101))).is_empty());
+    let chained = format!("return {}{}1", "- ".repeat(60), "(".repeat(41));
+    assert!(first_error(&chained).starts_with("1:168: brackets and prefix operators nest"));
+    assert!(!errors(&format!("return 2{}", "**2".repeat(101))).is_empty());
+    assert!(!errors(&format!("return {}1", "typeof ".repeat(101))).is_empty());
+    // Binary operators between operands do not chain; closing a bracket ends its level.
+    assert_eq!(
+        errors(&format!("return 1{}", " - -1".repeat(500))),
+        Vec::<String>::new()
+    );
+    assert_eq!(errors(&"f(g(h(!!x)));\n".repeat(500)), Vec::<String>::new());
+}
+
+#[test]
+fn a_nul_character_is_refused_where_it_is() {
+    assert!(first_error("const a = 1\nconst s = 'x\0y'").starts_with(
+        "2:13: a NUL character (U+0000) is inside this string literal, and the runtime cannot \
+         compile a script that contains one: write it as the escape `\\u0000` instead"
+    ));
+    assert!(
+        first_error("`a${b}\0`")
+            .starts_with("1:7: a NUL character (U+0000) is inside this template")
+    );
+    assert!(
+        first_error("/a\0/.test(s)")
+            .starts_with("1:3: a NUL character (U+0000) is inside this regular expression")
+    );
+    assert!(first_error("// \0\r\nx").starts_with("1:4: the script contains a NUL character"));
+    assert!(first_error("x\r\n\0").starts_with("2:1: the script contains a NUL character"));
+}

@@ -30,6 +30,8 @@ struct FakeHost {
     finish: Finish,
     /// `start p`, `finish p`, `phase t`, `log m`, `cancel p` in the order they happened.
     events: RefCell<Vec<String>>,
+    /// The ids each `wait` asked about.
+    waits: RefCell<Vec<Vec<CallId>>>,
     budget: Option<u64>,
     spent: u64,
     files: BTreeMap<&'static str, &'static str>,
@@ -71,6 +73,7 @@ impl FakeHost {
             respond,
             finish: Finish::AllNewestFirst,
             events: RefCell::new(Vec::new()),
+            waits: RefCell::new(Vec::new()),
             budget: None,
             spent: 0,
             files: BTreeMap::from([("README.md", "# hello\n"), ("src/lib.rs", "fn main() {}\n")]),
@@ -108,6 +111,13 @@ impl Host for FakeHost {
     }
 
     fn agent_wait(&self, ids: &[CallId]) -> Vec<Completion> {
+        // The host's default --max-batch: past it, the real host ends the run.
+        assert!(
+            ids.len() <= 4096,
+            "batch limit exceeded: the workflow passed {} entries in one wait",
+            ids.len()
+        );
+        self.waits.borrow_mut().push(ids.to_vec());
         let chosen: Vec<CallId> = match self.finish {
             Finish::AllNewestFirst => ids.iter().rev().copied().collect(),
             Finish::Oldest => ids.iter().min().into_iter().copied().collect(),
@@ -260,6 +270,39 @@ fn rule_02_top_level_await_and_return() {
 }
 
 #[test]
+fn rule_02_a_result_without_a_json_form_is_an_error_not_null() {
+    for (script, what) in [
+        ("return () => 1", "a function"),
+        ("return async function f() {}", "a function"),
+        ("return Symbol('s')", "a symbol"),
+        (
+            "return { toJSON() {} }",
+            "a value whose toJSON() gives no JSON value",
+        ),
+    ] {
+        let error = err(script);
+        assert!(
+            error.starts_with(&format!(
+                "test.js: the workflow returned {what}, which has no JSON form; return \
+                 JSON-serialisable data"
+            )),
+            "{script}: {error}"
+        );
+    }
+    // Inside the result, JSON's own rules hold: null in arrays, left out of objects.
+    assert_eq!(
+        ok("return [() => 1, undefined, Symbol('s')]"),
+        "[null,null,null]"
+    );
+    assert_eq!(
+        ok("return { f() {}, u: undefined, s: Symbol('s'), n: 1 }"),
+        r#"{"n":1}"#
+    );
+    // No `return` at all is still `null`.
+    assert_eq!(ok("return undefined"), "null");
+}
+
+#[test]
 fn rule_03_imports_typescript_and_syntax_errors_fail_before_running() {
     let host = Rc::new(FakeHost::new(echo()));
     let error = Workflow::load(
@@ -301,6 +344,77 @@ fn rule_03_imports_typescript_and_syntax_errors_fail_before_running() {
         "{error}"
     );
     assert!(host.events().is_empty());
+}
+
+#[test]
+fn rule_03_a_nul_character_is_refused_with_its_line_and_column() {
+    let host = Rc::new(FakeHost::new(echo()));
+    let error = Workflow::load(
+        "nul.js",
+        "const a = 1\nconst s = 'x\0y'\nagent('never')",
+        host.clone(),
+        Limits::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        error.starts_with(
+            "nul.js:2:13: a NUL character (U+0000) is inside this string literal, and the runtime \
+             cannot compile a script that contains one: write it as the escape `\\u0000` instead"
+        ),
+        "{error}"
+    );
+    let error = err("log(`a\0`)");
+    assert!(
+        error.starts_with("test.js:1:7: a NUL character (U+0000) is inside this template literal"),
+        "{error}"
+    );
+    let error = err("return 1 // \0");
+    assert!(
+        error.starts_with("test.js:1:13: the script contains a NUL character (U+0000) here"),
+        "{error}"
+    );
+    // A nested workflow's script is checked the same way.
+    let mut fake = FakeHost::new(echo());
+    fake.files.insert("nul.js", "\nreturn '\0'");
+    let error = run_on(&Rc::new(fake), "await workflow('nul.js')", "null").unwrap_err();
+    assert!(
+        error.contains("[invalid-script]: workflow(\"nul.js\"): the workflow cannot run; fix it and \
+                        try again:\nnul.js:2:9: a NUL character (U+0000) is inside this string literal"),
+        "{error}"
+    );
+    assert!(host.events().is_empty());
+}
+
+#[test]
+fn rule_03_nesting_past_the_parsers_limit_is_refused_before_it_runs() {
+    let deep = format!("return {}1{}", "[".repeat(101), "]".repeat(101));
+    let error = err(&deep);
+    assert!(
+        error.starts_with(
+            "test.js:1:108: brackets and prefix operators nest more than 100 deep here, the most \
+             the workflow runtime compiles (MAX_NESTING)"
+        ),
+        "{error}"
+    );
+    assert!(err(&format!("return {}1", "!".repeat(101))).contains("(MAX_NESTING)"));
+    // (The front end's tests check the boundary itself; on the host target QuickJS's own stack
+    // check, which measures native frames there, stops a parse well before 100 levels.)
+    assert_eq!(
+        ok(&format!("return {}1{}", "[".repeat(30), "]".repeat(30))).len(),
+        61
+    );
+    // Code compiled at run time by the Function constructors is held to the same limit.
+    let result = ok("const out = []\n\
+        for (const make of [Function, (async () => {}).constructor, function* () {}.constructor]) {\n\
+          try { make('return ' + '['.repeat(200)) } catch (e) { out.push(e.name, e.message.split(':')[0]) }\n\
+        }\n\
+        out.push(Function('a', 'return a + 1')(2), await (async () => {}).constructor('return 7')())\n\
+        return out");
+    assert_eq!(
+        result,
+        r#"["SyntaxError","Function()","SyntaxError","AsyncFunction()","SyntaxError","GeneratorFunction()",3,7]"#
+    );
 }
 
 #[test]
@@ -550,6 +664,27 @@ fn rule_09_lists_longer_than_4096_are_refused() {
 }
 
 #[test]
+fn rule_09_a_wait_asks_about_at_most_wait_batch_calls() {
+    // Two parallel() calls of 2500 agents each, at once: 5000 calls pending, more than the host
+    // lets one `wait` ask about (the fake host, like the real one, refuses more than 4096).
+    let host = Rc::new(FakeHost::new(echo()));
+    let result = run_on(
+        &host,
+        "const fan = (p) => parallel(Array.from({ length: 2500 }, (_, i) => () => agent(`${p}${i}`)))\n\
+         const [a, b] = await Promise.all([fan('a'), fan('b')])\n\
+         return [a.length, b.length, a[2499], b[0]]",
+        "null",
+    )
+    .unwrap();
+    assert_eq!(result, r#"[2500,2500,"echo: a2499","echo: b0"]"#);
+    let waits = host.waits.borrow();
+    assert!(waits.iter().all(|ids| ids.len() <= WAIT_BATCH));
+    // The oldest calls first: the host runs them first.
+    assert_eq!(waits[0], (1..=WAIT_BATCH as u64).collect::<Vec<_>>());
+    assert_eq!(waits.iter().map(Vec::len).sum::<usize>(), 5000);
+}
+
+#[test]
 fn rule_10_phase_and_log() {
     let host = Rc::new(FakeHost::new(echo()));
     run_on(
@@ -634,6 +769,147 @@ fn rule_12_workflow_nests_one_level_only() {
     );
     assert!(error.contains("(nests.js:1:"), "{error}");
     assert!(host.events().is_empty(), "{:?}", host.events());
+}
+
+#[test]
+fn rule_12_a_nested_workflow_cannot_nest_by_any_route() {
+    // Each script runs as a nested workflow and tries to start `workflows/child.js` (whose agent
+    // would log `start child ...`) another way than its own `workflow`. In its realm every
+    // `workflow` is the one that refuses, and nothing of the top-level realm is reachable.
+    let nesting = "WorkflowError [nesting]";
+    let routes = [
+        (
+            "global.js",
+            "return await globalThis.workflow('workflows/child.js', { n: 1 })",
+            nesting,
+        ),
+        (
+            "function.js",
+            "return await Function('return workflow')()('workflows/child.js', { n: 1 })",
+            nesting,
+        ),
+        (
+            "eval.js",
+            "return await (0, eval)('workflow')('workflows/child.js', { n: 1 })",
+            nesting,
+        ),
+        (
+            "constructor.js",
+            "return await agent.constructor('return workflow')()('workflows/child.js', { n: 1 })",
+            nesting,
+        ),
+        (
+            "args.js",
+            "return await args.constructor.constructor('return workflow')()('workflows/child.js', { n: 1 })",
+            nesting,
+        ),
+        // The top-level script stored its `workflow` in a global of its own realm.
+        (
+            "captured.js",
+            "return await globalThis.leaked('workflows/child.js', { n: 1 })",
+            "TypeError: not a function",
+        ),
+        // CallSite.getFunction() would hand out the functions on the stack.
+        (
+            "stack.js",
+            "Error.prepareStackTrace = (e, sites) => sites.map((s) => s.getFunction())\n\
+             return await new Error().stack.find((f) => f?.name === 'workflow')('workflows/child.js', { n: 1 })",
+            "TypeError: Error.prepareStackTrace is not available in a workflow",
+        ),
+        // The audit's 50 levels: a workflow that starts itself.
+        (
+            "recursive.js",
+            "return await globalThis.workflow('recursive.js')",
+            nesting,
+        ),
+    ];
+    let mut fake = Rc::into_inner(host_with_workflows()).unwrap();
+    for (path, source, _) in routes {
+        fake.files.insert(path, source);
+    }
+    let host = Rc::new(fake);
+    for (path, _, expected) in routes {
+        let outcome = run_on(
+            &host,
+            &format!(
+                "globalThis.leaked = workflow\n\
+                 try {{ await workflow('{path}', {{ n: 0 }}); return 'nested again' }}\n\
+                 catch (e) {{ return e.code ? `${{e.name}} [${{e.code}}]: ${{e.message}}` : `${{e.name}}: ${{e.message}}` }}"
+            ),
+            "null",
+        )
+        .unwrap();
+        assert!(
+            outcome.starts_with(&format!("\"{expected}")),
+            "{path}: {outcome}"
+        );
+    }
+    assert!(
+        !host.events().iter().any(|e| e.starts_with("start child")),
+        "{:?}",
+        host.events()
+    );
+}
+
+#[test]
+fn rule_12_a_nested_workflow_shares_no_globals_and_crosses_as_json() {
+    let mut fake = FakeHost::new(echo());
+    fake.files.insert(
+        "inner.js",
+        "agent('forgotten')\n\
+         return { secret: typeof secret, args, date: new Date(0), f() {} }",
+    );
+    fake.files.insert("function.js", "return () => 1");
+    // What crosses is made by the realm's own bounded stringify, not by the global it replaced.
+    fake.files.insert(
+        "object.js",
+        "JSON.stringify = () => '['.repeat(100000)\nthrow { code: 'custom', items: [1, 2] }",
+    );
+    fake.files.insert(
+        "typed.js",
+        "const e = new TypeError('bad'); e.code = 'mine'; throw e",
+    );
+    let host = Rc::new(fake);
+    let result = run_on(
+        &host,
+        "globalThis.secret = 1\n\
+         const inner = await workflow('inner.js', { n: 1 })\n\
+         const errors = []\n\
+         for (const w of ['function.js', 'object.js', 'typed.js']) {\n\
+           try { await workflow(w) } catch (e) { errors.push(e instanceof Error ? [e.name, e.code, e instanceof TypeError, e.message] : e) }\n\
+         }\n\
+         return { inner, errors }",
+        "null",
+    )
+    .unwrap();
+    let result: serde_json::Value = serde_json::from_str(&result).unwrap();
+    assert_eq!(
+        result["inner"],
+        serde_json::json!({ "secret": "undefined", "args": { "n": 1 }, "date": "1970-01-01T00:00:00.000Z" })
+    );
+    assert_eq!(result["errors"][0][0], "WorkflowError");
+    assert_eq!(result["errors"][0][1], "invalid-result");
+    assert!(
+        result["errors"][0][3]
+            .as_str()
+            .unwrap()
+            .starts_with("workflow(\"function.js\"): the workflow returned a function"),
+        "{result}"
+    );
+    assert_eq!(
+        result["errors"][1],
+        serde_json::json!({ "code": "custom", "items": [1, 2] })
+    );
+    assert_eq!(
+        result["errors"][2],
+        serde_json::json!(["TypeError", "mine", true, "bad"])
+    );
+    // The call the nested workflow left running was cancelled when it returned.
+    assert!(
+        host.events().iter().any(|e| e == "cancel forgotten"),
+        "{:?}",
+        host.events()
+    );
 }
 
 #[test]
@@ -817,6 +1093,147 @@ fn runaway_recursion_is_a_catchable_range_error() {
     assert!(
         error.starts_with("RangeError: Maximum call stack size exceeded (a recursion"),
         "{error}"
+    );
+}
+
+/// A script line defining `deep(n)`: `n` arrays around `1`.
+const DEEP: &str =
+    "const deep = (n) => { let v = 1; for (let i = 0; i < n; i++) v = [v]; return v }\n";
+
+#[test]
+fn deep_json_is_a_catchable_range_error_that_names_the_limit() {
+    // On wasm32, 3000 levels ended the run with "wasm trap: call stack exhausted".
+    let result = ok(&format!(
+        "{DEEP}const out = []\n\
+         for (const f of [() => JSON.stringify(deep(3000)), () => JSON.parse('['.repeat(3000) + ']'.repeat(3000)),\n\
+                          () => JSON.stringify({{ a: deep(200) }}, (k, v) => v, 2), () => JSON.stringify(deep(200), ['a'])]) {{\n\
+           try {{ f(); out.push('no error') }} catch (e) {{ out.push([e.name, e.message.split(':')[0], e.message.includes('more than 127 deep') && e.message.includes('MAX_JSON_DEPTH')]) }}\n\
+         }}\n\
+         // At the limit, both work.\n\
+         out.push(JSON.stringify(JSON.parse(JSON.stringify(deep(127)))).length)\n\
+         return out"
+    ));
+    assert_eq!(
+        result,
+        r#"[["RangeError","JSON.stringify",true],["RangeError","JSON.parse",true],["RangeError","JSON.stringify",true],["RangeError","JSON.stringify",true],255]"#
+    );
+}
+
+#[test]
+fn the_runtimes_own_json_conversions_are_bounded_too() {
+    // The result.
+    let error = err(&format!("{DEEP}return deep(3000)"));
+    assert!(
+        error.starts_with(
+            "test.js: the workflow's result cannot be turned into JSON: RangeError: JSON.stringify: \
+             the value nests arrays and objects more than 127 deep"
+        ),
+        "{error}"
+    );
+    // A thrown value, log lines, a schema, a nested workflow's args.
+    let error = err(&format!("{DEEP}throw deep(3000)"));
+    assert!(error.starts_with("uncaught exception: "), "{error}");
+    let host = host_with_workflows();
+    let result = run_on(
+        &host,
+        &format!(
+            "{DEEP}log(deep(3000))\n\
+             const out = []\n\
+             try {{ await agent('x', {{ schema: {{ type: 'object', properties: {{ a: deep(3000) }} }} }}) }} catch (e) {{ out.push(e.name) }}\n\
+             try {{ await workflow('child', deep(3000)) }} catch (e) {{ out.push(e.message.split(': ').slice(0, 3).join(': ')) }}\n\
+             return out"
+        ),
+        "null",
+    )
+    .unwrap();
+    assert_eq!(
+        result,
+        r#"["RangeError","workflow(nameOrPath, args): args must be JSON-serialisable: RangeError"]"#
+    );
+    assert_eq!(host.logs().len(), 1, "{:?}", host.logs());
+    assert!(!host.events().iter().any(|e| e.starts_with("start")));
+
+    // JSON from the host: args, and an agent's output.
+    let deep_json = format!("{}1{}", "[".repeat(3000), "]".repeat(3000));
+    let error = run_on(&Rc::new(FakeHost::new(echo())), "return 1", &deep_json).unwrap_err();
+    assert!(
+        error.starts_with("args nest arrays and objects more than 127 deep (at character 127)"),
+        "{error}"
+    );
+    let json = deep_json.clone();
+    let host = Rc::new(FakeHost::new(Box::new(move |_, _| {
+        Ok(output("", Some(json.clone())))
+    })));
+    let result = run_on(
+        &host,
+        "try { await agent('x', { schema: { type: 'object' }, label: 'deep' }) } catch (e) { return [e.name, e.code, e.message.split(' (')[0]] }",
+        "null",
+    )
+    .unwrap();
+    assert_eq!(
+        result,
+        r#"["AgentError","invalid-output","agent 'deep' returned JSON nested more than 127 deep"]"#
+    );
+}
+
+#[test]
+fn bounded_json_keeps_the_builtins_behaviour() {
+    let result = ok(
+        "const o = { b: 1, a: [1, { c: 2, d: 3 }], toString() {} }\n\
+         const cycle = {}; cycle.self = cycle\n\
+         const out = [\n\
+           JSON.stringify(o),\n\
+           JSON.stringify(o, ['a', 'c', 'zz']),\n\
+           JSON.stringify(o, (k, v) => (k === 'b' ? undefined : v)),\n\
+           JSON.stringify({ a: [1] }, null, 2),\n\
+           JSON.stringify([new Number(1), new String('s'), new Boolean(false), new Date(0), undefined, () => 1]),\n\
+           JSON.stringify({ toJSON(key) { return { key } } }),\n\
+           JSON.stringify(undefined),\n\
+           JSON.parse('{\"a\":[1,2],\"__proto__\":1}').__proto__,\n\
+           JSON.parse('[1, 2]', (k, v, context) => (k === '0' ? context.source : v)),\n\
+           JSON.stringify.length, JSON.parse.length,\n\
+         ]\n\
+         for (const f of [() => JSON.stringify(cycle), () => JSON.stringify(1n), () => JSON.parse('{')]) {\n\
+           try { f() } catch (e) { out.push(e.name) }\n\
+         }\n\
+         return out",
+    );
+    assert_eq!(
+        result,
+        r#"["{\"b\":1,\"a\":[1,{\"c\":2,\"d\":3}]}","{\"a\":[1,{\"c\":2}]}","{\"a\":[1,{\"c\":2,\"d\":3}]}","{\n  \"a\": [\n    1\n  ]\n}","[1,\"s\",false,\"1970-01-01T00:00:00.000Z\",null,null]","{\"key\":\"\"}",null,1,["1",2],3,2,"TypeError","TypeError","SyntaxError"]"#
+    );
+}
+
+#[test]
+fn recursion_through_built_ins_is_a_catchable_range_error() {
+    // On wasm32 with the old stack limit (192 KiB), each of these exhausted the native stack
+    // before QuickJS's check fired, ending the run with an uncatchable trap.
+    for recursion in [
+        "const o = { get x() { return o.x } }; o.x",
+        "const o = { toString() { return String(o) } }; String(o)",
+        "async function f(n) { return await f(n + 1) } await f(0)",
+        "function* g() { yield* g() } [...g()]",
+        "let v = []; for (let i = 0; i < 100000; i++) v = [v]; v.flat(Infinity)",
+        "let v = []; for (let i = 0; i < 100000; i++) v = [v]; String(v)",
+    ] {
+        assert_eq!(
+            ok(&format!(
+                "try {{ {recursion} }} catch (e) {{ return e.name }}"
+            )),
+            "\"RangeError\"",
+            "{recursion}"
+        );
+    }
+    // Proxies wrapping proxies are bounded where they are made.
+    let result = ok("let p = {}\n\
+        try { for (let i = 0; i < 1000; i++) p = new Proxy(p, {}) } catch (e) { return [e.name, e.message.split(':')[0], e.message.includes('MAX_PROXY_DEPTH')] }");
+    assert_eq!(result, r#"["RangeError","new Proxy()",true]"#);
+    assert_eq!(
+        ok(
+            "let p = {}; for (let i = 0; i < 100; i++) p = Proxy.revocable(p, {}).proxy\n\
+            try { Proxy.revocable(p, {}) } catch (e) { return e.name }"
+        ),
+        "\"RangeError\""
     );
 }
 
