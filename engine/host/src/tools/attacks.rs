@@ -643,3 +643,20 @@ fn long_names_large_commits_and_large_ignore_files_are_refused() {
     assert_eq!(kind(&error), "limit", "{error}");
     assert!(error.to_string().contains("--max-read-bytes"), "{error}");
 }
+
+#[test]
+fn a_tree_object_over_the_allocation_limit_is_never_inflated() {
+    // 500,000 entries of 36 bytes: a tree object of about 17 MiB.
+    let dir = TempDir::new().unwrap();
+    git(dir.path(), &["init", "-q"], T1);
+    let blob = git_in(dir.path(), &["hash-object", "-w", "--stdin"], "x\n");
+    let lines: String = (0..500_000)
+        .map(|i| format!("100644 blob {blob}\tf{i:07}\n"))
+        .collect();
+    let tree = git_in(dir.path(), &["mktree"], &lines);
+    commit_tree(dir.path(), &tree);
+    let root = open(dir.path());
+    let error = root.git_show("HEAD", Some("f0000001")).unwrap_err();
+    assert_eq!(kind(&error), "io", "{error}");
+    assert!(error.to_string().contains("could not be read"), "{error}");
+}

@@ -27,8 +27,10 @@ const BINARY_PROBE: usize = 8000;
 /// otherwise exhaust the thread's stack or the host's memory).
 pub(super) const MAX_TREE_DEPTH: usize = 256;
 
-/// Largest tree object a git call decodes (a tree of about 300,000 entries); larger ones are
-/// refused before they are inflated.
+/// Largest object gix allocates for a git call (a tree of about 300,000 entries), whatever its
+/// kind: set as `gitoxide.objects.allocLimit`, so a larger object is refused before it is
+/// inflated (blobs over `--max-read-bytes` and commits over [`MAX_COMMIT_BYTES`] are refused by
+/// their header before that).
 pub(super) const MAX_TREE_BYTES: u64 = 16 << 20;
 
 /// Largest commit object a git call inflates (its message included).
@@ -352,8 +354,11 @@ fn repo(root: &ToolRoot) -> Result<gix::Repository, ToolError> {
         // `open`, not `discover`, so a repository above the root is never used.
         // A delta-base cache like git's own (`core.deltaBaseCacheLimit`), so that walking many
         // revisions of the same trees does not re-inflate their delta chains.
-        let options = gix::open::Options::isolated()
-            .config_overrides([format!("core.deltaBaseCacheLimit={DELTA_BASE_CACHE}")]);
+        let options = gix::open::Options::isolated().config_overrides([
+            format!("core.deltaBaseCacheLimit={DELTA_BASE_CACHE}"),
+            // No object larger than a tree may be is ever allocated, whatever its kind.
+            format!("gitoxide.objects.allocLimit={MAX_TREE_BYTES}"),
+        ]);
         let opened = gix::open_opts(root.path(), options).map_err(|_| not_repo())?;
         let canonical = |dir: &std::path::Path| std::fs::canonicalize(dir).ok();
         let Some(workdir) = opened.workdir() else {
@@ -590,15 +595,9 @@ impl PathLookup {
     }
 }
 
-/// Finds a tree object, refusing one larger than [`MAX_TREE_BYTES`] before it is inflated.
+/// Finds a tree object (gix refuses one larger than [`MAX_TREE_BYTES`] before inflating it).
 fn find_tree(repo: &gix::Repository, id: ObjectId) -> Result<gix::Tree<'_>, ToolError> {
-    let size = repo.find_header(id).map_err(git_error)?.size();
-    if size > MAX_TREE_BYTES {
-        return Err(ToolError::Limit(format!(
-            "tree {id} is {size} bytes, over the {MAX_TREE_BYTES}-byte limit of one tree: the \
-             repository has a directory too large to read"
-        )));
-    }
+    // gix itself refuses to allocate an object over MAX_TREE_BYTES (`gitoxide.objects.allocLimit`).
     repo.find_tree(id).map_err(git_error)
 }
 
