@@ -29,7 +29,7 @@ use crate::error::ServiceError;
 use crate::plan::{Plan, PlanSink, price_of};
 use crate::sha256_hex;
 use crate::spec::{RootRef, RunSpec, ScriptRef, WorkflowRef};
-use crate::tenancy::{Admission, Tenancy, Tenant};
+use crate::tenancy::{Admission, RunSlot, Tenancy, Tenant};
 
 /// A script runtime component the front end bundles (such as the JavaScript runtime). The
 /// service knows it only by hash and by the file extensions and content types it runs.
@@ -516,7 +516,21 @@ impl RunService {
     /// at the prices of the provider the run would use (the default real one for `sim`).
     pub async fn plan(&self, spec: &RunSpec) -> Result<Plan, ServiceError> {
         let prepared = self.prepare(spec)?;
+        let _slot = self.dry_run_slot(&prepared)?;
         self.plan_prepared(spec, &prepared).await
+    }
+
+    /// A run slot of the spec's tenant for a dry run, if it has a tenant: a plan costs the host
+    /// what a run does, so it counts against the tenant's `runs` quota while it runs. It never
+    /// queues: with no slot free now, it is refused.
+    fn dry_run_slot(&self, prepared: &Prepared) -> Result<Option<RunSlot>, ServiceError> {
+        let Some(tenant) = &prepared.tenant else {
+            return Ok(None);
+        };
+        self.tenancy()?
+            .admit_now(tenant)
+            .map(Some)
+            .map_err(ServiceError::Quota)
     }
 
     async fn plan_prepared(
@@ -602,8 +616,12 @@ impl RunService {
     ) -> Result<RunHandle, ServiceError> {
         let prepared = self.prepare(&spec)?;
         let (provider, provider_info) = self.provider(&spec)?;
+        // A tenant's budget check is a dry run: it runs in one of the tenant's run slots, taken
+        // now and then kept by the run itself.
+        let mut dry_run_slot = None;
         let plan = match spec.limits.budget_tokens {
             Some(budget) if resume.is_none() && !options.force => {
+                dry_run_slot = self.dry_run_slot(&prepared)?;
                 let plan = self.plan_prepared(&spec, &prepared).await?;
                 if let Some(reason) = plan.unsound() {
                     return Err(ServiceError::Invalid(format!(
@@ -624,7 +642,10 @@ impl RunService {
         let (admission, shared) = match &prepared.tenant {
             Some(tenant) => {
                 let tenancy = self.tenancy()?;
-                let admission = tenancy.admit(tenant).map_err(ServiceError::Quota)?;
+                let admission = match dry_run_slot {
+                    Some(slot) => Admission::Now(slot),
+                    None => tenancy.admit(tenant).map_err(ServiceError::Quota)?,
+                };
                 (Some(admission), tenancy.shared(tenant)?)
             }
             None => (None, options.shared),

@@ -608,6 +608,27 @@ impl Tenancy {
         }))
     }
 
+    /// Like [`Tenancy::admit`], but refuses instead of queueing: for dry runs (plans and
+    /// budget checks), which answer a request that is waiting for them.
+    pub fn admit_now(&self, tenant: &Arc<Tenant>) -> Result<RunSlot, QuotaExceeded> {
+        match self.admit(tenant)? {
+            Admission::Now(slot) => Ok(slot),
+            Admission::Queued(ticket) => {
+                drop(ticket);
+                let quota = tenant.settings.quota.runs;
+                Err(tenant.exceeded(
+                    "runs",
+                    quota,
+                    quota,
+                    Some(
+                        "a dry run (a plan, or a budget check) needs a free run slot now: retry \
+                         when one of the tenant's runs finishes, or start without the check",
+                    ),
+                ))
+            }
+        }
+    }
+
     /// What a run of `tenant` shares with other runs: the day and month token ledgers, its
     /// agents-in-flight quota and the server's slot pool.
     pub fn shared(&self, tenant: &Arc<Tenant>) -> Result<corral_host::Shared, StoreError> {

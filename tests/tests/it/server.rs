@@ -580,6 +580,22 @@ fn tenant_quotas_are_enforced_on_the_host() {
     // One run at a time, one in the queue, the next refused; the queued one starts when the
     // first ends.
     let first = api.submit(&json!({"workflow": hash, "args": {"n": 4}, "sim_latency_ms": 300}));
+    // A dry run (a plan, or a budget check) takes a run slot too, and never queues for one.
+    for (url, body) in [
+        (
+            "/v1/runs?plan=true",
+            json!({"workflow": hash, "args": {"n": 1}}),
+        ),
+        (
+            "/v1/runs",
+            json!({"workflow": hash, "args": {"n": 1}, "budget_tokens": 50_000}),
+        ),
+    ] {
+        let dry = api.post(url, &body);
+        assert_error(&dry, 429, "quota_exceeded");
+        assert_eq!(dry.json["quota"], "runs", "{}", dry.text);
+        assert!(dry.text.contains("needs a free run slot"), "{}", dry.text);
+    }
     let second = api.submit(&json!({"workflow": hash, "args": {"n": 1}}));
     assert_eq!(
         api.get(&format!("/v1/runs/{second}")).json["status"],
