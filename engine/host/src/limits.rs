@@ -72,85 +72,49 @@ impl Default for RunLimits {
 }
 
 impl RunLimits {
-    /// The host-protecting limits of `self` that are above `ceiling`, as `name (at most X)`:
-    /// what a tenant may not raise. The agent cap, the budget, the concurrency and the timeout
-    /// are governed by quotas instead and are not compared.
+    /// The host-protecting limits of `self` that are above `ceiling`, as `name (at most X)`
+    /// with the serialised names (`tools.` for tool limits, durations in ms), sorted: what a
+    /// tenant may not raise. Every numeric limit is compared, so a limit added later is covered
+    /// too, except those quotas govern instead: the agent cap, the budget, the concurrency and
+    /// the timeout.
     pub fn above(&self, ceiling: &RunLimits) -> Vec<String> {
-        let sizes = [
-            ("max_memory", self.max_memory, ceiling.max_memory),
-            ("max_log_bytes", self.max_log_bytes, ceiling.max_log_bytes),
-            ("max_batch", self.max_batch, ceiling.max_batch),
-            (
-                "max_prompt_bytes",
-                self.max_prompt_bytes,
-                ceiling.max_prompt_bytes,
-            ),
-            (
-                "max_run_prompt_bytes",
-                self.max_run_prompt_bytes,
-                ceiling.max_run_prompt_bytes,
-            ),
-            (
-                "max_schema_bytes",
-                self.max_schema_bytes,
-                ceiling.max_schema_bytes,
-            ),
-            ("max_schemas", self.max_schemas, ceiling.max_schemas),
-            (
-                "max_option_bytes",
-                self.max_option_bytes,
-                ceiling.max_option_bytes,
-            ),
-            (
-                "max_output_tokens",
-                self.max_output_tokens as usize,
-                ceiling.max_output_tokens as usize,
-            ),
-            (
-                "tools.max_read_bytes",
-                usize::try_from(self.tools.max_read_bytes).unwrap_or(usize::MAX),
-                usize::try_from(ceiling.tools.max_read_bytes).unwrap_or(usize::MAX),
-            ),
-            (
-                "tools.max_glob_results",
-                self.tools.max_glob_results,
-                ceiling.tools.max_glob_results,
-            ),
-            (
-                "tools.max_grep_matches",
-                self.tools.max_grep_matches,
-                ceiling.tools.max_grep_matches,
-            ),
-            (
-                "tools.max_output_bytes",
-                self.tools.max_output_bytes,
-                ceiling.tools.max_output_bytes,
-            ),
-            (
-                "tools.max_git_entries",
-                self.tools.max_git_entries,
-                ceiling.tools.max_git_entries,
-            ),
+        const BY_QUOTA: [&str; 4] = [
+            "max_agents",
+            "budget_tokens",
+            "max_concurrent",
+            "timeout_ms",
         ];
-        let durations = [
-            ("max_cpu_ms", self.max_cpu, ceiling.max_cpu),
-            (
-                "tools.max_tool_time_ms",
-                self.tools.max_tool_time,
-                ceiling.tools.max_tool_time,
-            ),
-        ];
-        sizes
+        fn flatten(value: serde_json::Value, prefix: &str, out: &mut Vec<(String, u64)>) {
+            if let serde_json::Value::Object(fields) = value {
+                for (name, value) in fields {
+                    match value.as_u64() {
+                        Some(number) => out.push((format!("{prefix}{name}"), number)),
+                        None => flatten(value, &format!("{prefix}{name}."), out),
+                    }
+                }
+            }
+        }
+        let numbers = |limits: &RunLimits| {
+            let mut out = Vec::new();
+            flatten(
+                serde_json::to_value(limits).unwrap_or_default(),
+                "",
+                &mut out,
+            );
+            out
+        };
+        let ceiling: std::collections::HashMap<String, u64> =
+            numbers(ceiling).into_iter().collect();
+        let mut above: Vec<String> = numbers(self)
             .into_iter()
-            .filter(|(_, value, max)| value > max)
-            .map(|(name, _, max)| format!("{name} (at most {max})"))
-            .chain(
-                durations
-                    .into_iter()
-                    .filter(|(_, value, max)| value > max)
-                    .map(|(name, _, max)| format!("{name} (at most {})", max.as_millis())),
-            )
-            .collect()
+            .filter(|(name, _)| !BY_QUOTA.contains(&name.as_str()))
+            .filter_map(|(name, value)| {
+                let max = *ceiling.get(&name)?;
+                (value > max).then(|| format!("{name} (at most {max})"))
+            })
+            .collect();
+        above.sort();
+        above
     }
 }
 
@@ -409,9 +373,9 @@ mod tests {
         assert_eq!(
             raised.above(&ceiling),
             [
+                "max_cpu_ms (at most 60000)",
                 "max_memory (at most 268435456)",
                 "tools.max_git_entries (at most 250000)",
-                "max_cpu_ms (at most 60000)",
             ]
         );
     }

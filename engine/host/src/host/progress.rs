@@ -3,7 +3,7 @@
 use super::RunState;
 use super::bindings::corral::workflow::progress::Host;
 use crate::events::RunEvent;
-use crate::limits::{LimitExceeded, PROGRESS_CALL_BYTES};
+use crate::limits::LimitExceeded;
 
 impl Host for RunState {
     fn phase(&mut self, title: String) -> wasmtime::Result<()> {
@@ -16,7 +16,7 @@ impl Host for RunState {
             }
             .into());
         }
-        self.log.charge(title.len() + PROGRESS_CALL_BYTES)?;
+        self.log.charge(title.len(), 1)?;
         self.events.event(&RunEvent::Phase {
             title: title.clone(),
         });
@@ -25,9 +25,9 @@ impl Host for RunState {
     }
 
     fn log(&mut self, message: String) -> wasmtime::Result<()> {
-        let lines = message.lines().count().max(1);
+        // Even an empty message is a call that costs one event.
         self.log
-            .charge(message.len() + lines * PROGRESS_CALL_BYTES)?;
+            .charge(message.len(), message.lines().count().max(1))?;
         for line in message.lines() {
             self.events.event(&RunEvent::Log {
                 message: line.to_string(),

@@ -10,7 +10,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 
 use crate::events::{EventSink, RunEvent};
-use crate::limits::LimitExceeded;
+use crate::limits::{LimitExceeded, PROGRESS_CALL_BYTES};
 
 struct LogShared {
     limit: usize,
@@ -41,13 +41,16 @@ impl LogBuffer {
         }
     }
 
-    /// Charges `bytes` against the limit; past it, the run ends with a trap naming the limit.
-    pub(crate) fn charge(&self, bytes: usize) -> wasmtime::Result<()> {
+    /// Charges `bytes` of text that become `events` events (phase calls, log lines, output
+    /// lines), each costing [`PROGRESS_CALL_BYTES`] on top; past the limit, the run ends with a
+    /// trap naming it.
+    pub(crate) fn charge(&self, bytes: usize, events: usize) -> Result<(), LimitExceeded> {
+        let cost = bytes.saturating_add(events.saturating_mul(PROGRESS_CALL_BYTES));
         let mut shared = self.lock();
-        if shared.used + bytes > shared.limit {
-            return Err(LimitExceeded::Log(shared.limit).into());
+        if shared.used.saturating_add(cost) > shared.limit {
+            return Err(LimitExceeded::Log(shared.limit));
         }
-        shared.used += bytes;
+        shared.used += cost;
         Ok(())
     }
 
@@ -92,16 +95,9 @@ pub(crate) struct GuestOutput {
 
 impl GuestOutput {
     fn accept(&self, bytes: &[u8]) -> Result<(), LimitExceeded> {
-        {
-            // Every line becomes an event: it costs its overhead on top of its bytes.
-            let lines = bytes.iter().filter(|b| **b == b'\n').count();
-            let cost = bytes.len() + lines * crate::limits::PROGRESS_CALL_BYTES;
-            let mut shared = self.log.lock();
-            if shared.used + cost > shared.limit {
-                return Err(LimitExceeded::Log(shared.limit));
-            }
-            shared.used += cost;
-        }
+        // Every complete line becomes an event.
+        let lines = bytes.iter().filter(|b| **b == b'\n').count();
+        self.log.charge(bytes.len(), lines)?;
         let mut partial = self.partial.lock().unwrap_or_else(|p| p.into_inner());
         partial.extend_from_slice(bytes);
         while let Some(end) = partial.iter().position(|b| *b == b'\n') {

@@ -58,11 +58,12 @@ pub(super) fn as_dir_path(rel: &str) -> &str {
 /// The open itself is non-blocking (`O_NONBLOCK`, `O_NOCTTY`), so a FIFO, a tty or a device found
 /// where a file was expected cannot hang the call even if it replaced a file after the caller's
 /// metadata check; the opened handle's own type is then checked, so only a regular file is read.
+/// Returns the file and its metadata (from the handle, so they describe the same file).
 pub(super) fn open_regular(
     dir: &cap_std::fs::Dir,
     shown: &str,
     rel: &str,
-) -> Result<cap_std::fs::File, ToolError> {
+) -> Result<(cap_std::fs::File, cap_std::fs::Metadata), ToolError> {
     let mut options = cap_std::fs::OpenOptions::new();
     options.read(true);
     #[cfg(unix)]
@@ -82,7 +83,7 @@ pub(super) fn open_regular(
     if !meta.is_file() {
         return Err(not_regular(shown));
     }
-    Ok(file)
+    Ok((file, meta))
 }
 
 /// The error for a FIFO, socket or device where a file was expected.

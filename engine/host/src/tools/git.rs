@@ -1038,7 +1038,7 @@ fn work_state(
         (Content::Bytes(bytes), id)
     } else {
         let file = match confine::open_regular(&root.inner.dir, rel, rel) {
-            Ok(file) => file,
+            Ok((file, _)) => file,
             Err(ToolError::NotFound(_)) => return Ok(WorkState::Missing),
             Err(err) => return Err(err),
         };

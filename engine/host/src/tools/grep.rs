@@ -145,7 +145,7 @@ pub(super) fn grep(
         let Some(rel_str) = rel.to_str() else {
             continue;
         };
-        let Ok(file) = confine::open_regular(&root.inner.dir, rel_str, rel_str) else {
+        let Ok((file, _)) = confine::open_regular(&root.inner.dir, rel_str, rel_str) else {
             continue;
         };
         let reader = Checked {

@@ -226,20 +226,8 @@ impl ToolRoot {
     /// guest wrote it, for messages; `rel` is its normalised form.
     fn read_bytes(&self, shown: &str, rel: &str) -> Result<Vec<u8>, ToolError> {
         let max = self.inner.limits.max_read_bytes;
-        // The metadata check comes first so that a FIFO or device is never opened (that could block).
-        let meta = self
-            .inner
-            .dir
-            .metadata(rel)
-            .map_err(|err| confine::io_error(shown, err))?;
-        if meta.is_dir() {
-            return Err(ToolError::InvalidInput(format!(
-                "{shown:?} is a directory, not a file: use glob to list the files in it"
-            )));
-        }
-        if !meta.is_file() {
-            return Err(confine::not_regular(shown));
-        }
+        // The open never blocks on a FIFO or device, and the type is checked on the handle.
+        let (file, meta) = confine::open_regular(&self.inner.dir, shown, rel)?;
         if shown.ends_with('/') {
             // `a.txt/` names a directory; the OS would refuse it, and so does the tool.
             return Err(ToolError::NotFound(format!(
@@ -251,9 +239,8 @@ impl ToolRoot {
         if meta.len() > max {
             return Err(read_limit(shown, meta.len(), max));
         }
-        let file = confine::open_regular(&self.inner.dir, shown, rel)?;
         let mut bytes = Vec::with_capacity(meta.len() as usize);
-        // `take` guards against a file that grew after the metadata check.
+        // `take` guards against a file that grows while it is read.
         file.take(max + 1)
             .read_to_end(&mut bytes)
             .map_err(|err| confine::io_error(shown, err))?;
