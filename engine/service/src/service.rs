@@ -922,6 +922,15 @@ impl RunService {
                 let Some(inner) = inner.upgrade() else {
                     return;
                 };
+                // Nothing runs here: nothing to stop, nothing to ask.
+                if inner
+                    .live
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_empty()
+                {
+                    continue;
+                }
                 let asking = Arc::clone(&store);
                 let Ok(Ok(ids)) = tokio::task::spawn_blocking(move || asking.stop_requests()).await
                 else {
@@ -1063,8 +1072,10 @@ impl RunService {
     fn settled_status(&self, run: &RunSummary) -> Result<RunStatus, ServiceError> {
         let status = self.effective_status(run);
         if status == RunStatus::Interrupted && run.pid == i64::from(std::process::id()) {
-            let again = self.store()?.run_detail(&run.id)?.summary;
-            return Ok(self.effective_status(&again));
+            // The summary row alone: `list` may do this for many rows.
+            if let Some(again) = self.store()?.run_summary(&run.id)? {
+                return Ok(self.effective_status(&again));
+            }
         }
         Ok(status)
     }

@@ -191,13 +191,10 @@ pub const MIN_ADMISSION_TOKENS: u64 = 1024;
 
 /// The first UTC day (since the epoch) of `day`'s calendar month.
 fn month_start(day: i64) -> i64 {
-    let month = |day: i64| corral_store::format_time(day * DAY_MS)[..7].to_string();
-    let key = month(day);
-    let mut first = day;
-    while month(first - 1) == key {
-        first -= 1;
-    }
-    first
+    // `YYYY-MM-DD…`: step back by the day of the month.
+    let date = corral_store::format_time(day * DAY_MS);
+    let day_of_month: i64 = date[8..10].parse().unwrap_or(1);
+    day - (day_of_month - 1)
 }
 
 /// Which token quota a ledger is.
@@ -569,14 +566,8 @@ impl Tenancy {
         let ledgers = tenant
             .ledgers(self.store.as_ref())
             .map_err(|error| tenant.exceeded("tokens_per_day", 0, 0, Some(&error.to_string())))?;
-        for (ledger, quota, frees) in [
-            (&ledgers[0], "tokens_per_day", "it frees at 00:00 UTC"),
-            (
-                &ledgers[1],
-                "tokens_per_month",
-                "it frees on the 1st, 00:00 UTC",
-            ),
-        ] {
+        for (ledger, period) in ledgers.iter().zip([Period::Day, Period::Month]) {
+            let (quota, frees) = (period.quota(), period.frees());
             let total = ledger.total().unwrap_or(u64::MAX);
             // What is spent, not what is reserved: reservations in flight settle to less.
             let left = total.saturating_sub(ledger.spent());

@@ -478,6 +478,17 @@ impl RunStore for Journal {
             .map_err(|e| self.error(e))
     }
 
+    fn run_summary(&self, id: &str) -> Result<Option<RunSummary>, StoreError> {
+        self.reader()?
+            .query_row(
+                &format!("SELECT {SUMMARY_COLUMNS} FROM runs WHERE id = ?1"),
+                [id],
+                summary_row,
+            )
+            .optional()
+            .map_err(|e| self.error(e))
+    }
+
     fn run_detail(&self, id: &str) -> Result<RunDetail, StoreError> {
         let db = self.reader()?;
         let err = |e: rusqlite::Error| self.error(e);

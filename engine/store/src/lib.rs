@@ -388,6 +388,8 @@ pub trait RunStore: Send + Sync + 'static {
     fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError>;
     /// Runs still queued or running, oldest first (to pick up after a restart).
     fn unfinished_runs(&self) -> Result<Vec<RunSummary>, StoreError>;
+    /// One run's summary row alone (`None`: no such run), without its calls and log.
+    fn run_summary(&self, id: &str) -> Result<Option<RunSummary>, StoreError>;
     /// One run with its calls and log.
     fn run_detail(&self, id: &str) -> Result<RunDetail, StoreError>;
     /// One call's prompt, options and transcript.

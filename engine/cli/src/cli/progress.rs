@@ -47,6 +47,20 @@ pub struct PhaseTally {
     pub cost: f64,
 }
 
+impl From<&corral_service::report::PhaseTotals> for PhaseTally {
+    /// A recorded run's phase, as the live view counts one.
+    fn from(phase: &corral_service::report::PhaseTotals) -> Self {
+        PhaseTally {
+            queued: phase.queued,
+            running: phase.running,
+            done: phase.done,
+            failed: phase.failed,
+            usage: phase.usage,
+            cost: phase.cost,
+        }
+    }
+}
+
 /// Tallies events per phase, prices them, and (on a terminal) draws one line per phase.
 pub struct Tally {
     config: CorralConfig,

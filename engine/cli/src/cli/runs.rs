@@ -242,18 +242,15 @@ fn print_report(detail: &RunDetail, config: &corral_host::config::CorralConfig) 
     out!();
     let (phases, all) = corral_service::report::phase_totals(detail, config);
     // Phases without a call have no line in the report.
-    for phase in phases.iter().filter(|p| p.span_ms.is_some()) {
-        let tally = PhaseTally {
-            queued: phase.queued,
-            running: phase.running,
-            done: phase.done,
-            failed: phase.failed,
-            usage: phase.usage,
-            cost: phase.cost,
+    for phase in &phases {
+        let Some((first, last)) = phase.span_ms else {
+            continue;
         };
-        let (first, last) = phase.span_ms.unwrap_or_default();
         let elapsed = Duration::from_millis((last - first).max(0) as u64);
-        out!("{}", phase_line(&phase.name, &tally, elapsed));
+        out!(
+            "{}",
+            phase_line(&phase.name, &PhaseTally::from(phase), elapsed)
+        );
     }
     let total = all.usage;
     out!(

@@ -94,6 +94,11 @@ fn a_run_and_its_calls_round_trip() {
     assert_eq!(runs[0].agents, 2);
     assert_eq!(runs[0].cost, 0.5);
     let detail = journal.run_detail(&run).unwrap();
+    assert_eq!(
+        journal.run_summary(&run).unwrap(),
+        Some(detail.summary.clone())
+    );
+    assert_eq!(journal.run_summary("nosuchrun").unwrap(), None);
     assert_eq!(detail.result.as_deref(), Some("42"));
     assert_eq!(detail.spec.as_deref(), Some(r#"{"spec": true}"#));
     assert!(!journal.stop_requested(&run).unwrap());
