@@ -23,6 +23,8 @@ pub async fn scheduler_only(
         ledger: BudgetLedger::new(None),
         tools: None,
         events: Arc::new(NoEvents),
+        schema_attempts: corral_host::agent_loop::MAX_SCHEMA_ATTEMPTS,
+        pause: None,
     };
     let mut scheduler = AgentScheduler::new(context, cap, u64::MAX, Arc::new(NoEvents));
     let mut ids: Vec<u64> = (0..n)

@@ -6,6 +6,12 @@
 //! reserved and settled on its own: retries of transient failures (with backoff and jitter,
 //! honouring a capped `retry-after`, see [`RetryPolicy`]) pay for what each attempt cost.
 //!
+//! A request's worst case is its output ceiling plus an upper bound of its input tokens: the
+//! input's bytes for an agent's first request (a token is at least a byte), and for later ones
+//! the input tokens the provider reported for the previous request plus the bytes added since
+//! (the answer and the tool results), whichever is smaller. A call that names no `maxTokens` lets
+//! the budget lower its output ceiling to what remains, down to [`MIN_OUTPUT_TOKENS`].
+//!
 //! With a provider that keeps a prompt cache, siblings sharing a prompt prefix take turns through
 //! [`SharedPrefixes`], so that one writes the cache and the others read it.
 
@@ -15,7 +21,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::budget::BudgetLedger;
+use crate::budget::{Ask, BudgetLedger};
 use crate::provider::{
     Block, CacheHints, ChatRequest, ChatResponse, Effort, Message, Provider, ProviderError,
     RetryPolicy, Role, Spent, StopReason, ToolSpec, Usage,
@@ -31,8 +37,13 @@ pub use shared_prefix::{CacheTurn, MIN_SHARED_PREFIX_BYTES, SharedPrefixes, Writ
 pub use crate::provider::SUBMIT_TOOL;
 /// Tools an agent may be granted.
 pub const AGENT_TOOLS: [&str; 4] = ["read", "glob", "grep", "git"];
-/// How many answers a schema'd agent may hand in before the call fails with `schema-mismatch`.
+/// How many answers a schema'd agent may hand in before the call fails with `schema-mismatch`,
+/// unless the run says otherwise (`--schema-attempts`).
 pub const MAX_SCHEMA_ATTEMPTS: u32 = 5;
+/// The lowest output ceiling the budget may lower a request to, for a call that names no
+/// `maxTokens`: below it an answer would be cut off too early to be worth paying for, so the
+/// request is refused (`budget-exhausted`) instead.
+pub const MIN_OUTPUT_TOKENS: u32 = 1024;
 /// Default conversation turns of one agent.
 pub const DEFAULT_MAX_TURNS: u32 = 24;
 /// Siblings coordinate their first requests only when what they share (system prompt, tools and
@@ -63,6 +74,9 @@ pub struct AgentRequest {
     pub tools: Option<Vec<String>>,
     /// Output tokens per provider request.
     pub max_tokens: u32,
+    /// When set (the call named no `maxTokens`), the budget may lower `max_tokens` of a request
+    /// to what it can still cover, down to this floor.
+    pub output_floor: Option<u32>,
     /// Conversation turns.
     pub max_turns: u32,
     /// Wall-clock limit of the call.
@@ -81,6 +95,7 @@ impl AgentRequest {
             schema: None,
             tools: None,
             max_tokens: crate::limits::RunLimits::default().max_output_tokens,
+            output_floor: Some(MIN_OUTPUT_TOKENS),
             max_turns: DEFAULT_MAX_TURNS,
             timeout: None,
         }
@@ -156,6 +171,72 @@ pub struct AgentContext {
     pub tools: Option<ToolRoot>,
     /// Where the host's own warnings about the run go (a provider that over-reports usage).
     pub events: Arc<dyn crate::events::EventSink>,
+    /// Answers a schema'd agent may hand in before it fails `schema-mismatch`.
+    pub schema_attempts: u32,
+    /// Where a provider's usage limit pauses the run (`None`: the call fails `provider`).
+    pub pause: Option<Arc<Pause>>,
+}
+
+/// A run's pause: the first agent whose provider says the account's usage or spend limit is
+/// reached pauses the whole run, with the provider's message.
+#[derive(Debug, Default)]
+pub struct Pause {
+    reason: std::sync::OnceLock<String>,
+    notify: tokio::sync::Notify,
+}
+
+impl Pause {
+    /// Pauses the run for `reason` (the first reason wins).
+    pub fn pause(&self, reason: String) {
+        if self.reason.set(reason).is_ok() {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Resolves with the reason once the run is paused.
+    pub async fn paused(&self) -> String {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(reason) = self.reason.get() {
+                return reason.clone();
+            }
+            notified.await;
+        }
+    }
+}
+
+/// What an agent call did, kept however it ended: its conversation and every token it was
+/// charged (a failed call's schema retries and billed provider errors included).
+#[derive(Debug, Clone, Default)]
+pub struct Conversation {
+    /// The messages as they stood when the call ended.
+    pub messages: Vec<Message>,
+    /// What the call's requests were charged.
+    pub spend: Spend,
+}
+
+/// What one agent's requests were charged, and what the last answer says about the next
+/// request's input.
+#[derive(Debug, Clone, Default)]
+pub struct Spend {
+    /// Tokens charged so far.
+    pub usage: Usage,
+    /// The input bytes of the last answered request and the input tokens the provider reported
+    /// for it (cache reads and writes included).
+    known: Option<(u64, u64)>,
+}
+
+impl Spend {
+    /// An upper bound of the input tokens of a request of `bytes` input bytes in the same
+    /// conversation: the bytes, or the last request's reported tokens plus the bytes added since.
+    fn input_bound(&self, bytes: u64) -> u64 {
+        match self.known {
+            Some((before, tokens)) if bytes >= before => bytes.min(tokens + (bytes - before)),
+            _ => bytes,
+        }
+    }
 }
 
 /// Checks a tool allow-list against what agents can be granted.
@@ -192,13 +273,13 @@ pub async fn run_agent_sharing(
 }
 
 /// [`run_agent_sharing`], also handing back the conversation as it stood when the call ended
-/// (finished, failed or timed out), for the journal.
+/// (finished, failed or timed out) and what it was charged, for the journal and the report.
 pub async fn run_agent_recorded(
     context: &AgentContext,
     request: &AgentRequest,
     prefixes: &Arc<SharedPrefixes>,
-) -> (Result<AgentOutput, AgentError>, Vec<Message>) {
-    let mut transcript = Vec::new();
+) -> (Result<AgentOutput, AgentError>, Conversation) {
+    let mut transcript = Conversation::default();
     let work = converse(context, request, prefixes, &mut transcript);
     let outcome = match request.timeout {
         Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
@@ -268,8 +349,10 @@ async fn converse(
     context: &AgentContext,
     request: &AgentRequest,
     prefixes: &Arc<SharedPrefixes>,
-    messages: &mut Vec<Message>,
+    conversation: &mut Conversation,
 ) -> Result<AgentOutput, AgentError> {
+    let Conversation { messages, spend } = conversation;
+    let attempts = context.schema_attempts.max(1);
     let model = context.provider.resolve_model(request.model.as_deref());
     let tools = tool_specs(context, request);
     let system = system_prompt(request);
@@ -297,7 +380,6 @@ async fn converse(
     // Force the submit tool when it is the only tool: the answer can be nothing else.
     let force_tool =
         (request.schema.is_some() && tools.len() == 1).then(|| SUBMIT_TOOL.to_string());
-    let mut usage = Usage::default();
     let mut schema_attempts = 0;
     let mut last_schema_error = String::new();
 
@@ -318,9 +400,9 @@ async fn converse(
         };
         let response = if turn == 0 && caching {
             let prefix = &request.prompt[..shared];
-            send_first(context, &chat, &mut usage, prefixes, group, prefix).await?
+            send_first(context, &chat, request, spend, prefixes, group, prefix).await?
         } else {
-            send(context, &chat, &mut usage).await?
+            send(context, &chat, request, spend).await?
         };
         let answered_model = response.model.clone();
         let tool_uses: Vec<(String, String, Value)> = response
@@ -352,7 +434,7 @@ async fn converse(
                 return Ok(AgentOutput {
                     text,
                     json: None,
-                    usage,
+                    usage: spend.usage,
                     model: answered_model,
                 });
             };
@@ -361,11 +443,11 @@ async fn converse(
                 .map_err(|error| format!("the answer is not JSON ({error})"))
                 .and_then(|value| schema.validate(&value).map(|()| value));
             match verdict {
-                Ok(value) => return Ok(schema_output(value, usage, answered_model)),
+                Ok(value) => return Ok(schema_output(value, spend.usage, answered_model)),
                 Err(error) => {
                     schema_attempts += 1;
                     last_schema_error = error;
-                    if schema_attempts >= MAX_SCHEMA_ATTEMPTS {
+                    if schema_attempts >= attempts {
                         break;
                     }
                     messages.push(Message::user_text(format!(
@@ -380,7 +462,7 @@ async fn converse(
             return Ok(AgentOutput {
                 text,
                 json: None,
-                usage,
+                usage: spend.usage,
                 model: answered_model,
             });
         }
@@ -391,7 +473,7 @@ async fn converse(
                 && let Some(schema) = &request.schema
             {
                 match schema.validate(&input) {
-                    Ok(()) => return Ok(schema_output(input, usage, answered_model)),
+                    Ok(()) => return Ok(schema_output(input, spend.usage, answered_model)),
                     Err(error) => {
                         schema_attempts += 1;
                         last_schema_error = error.clone();
@@ -414,7 +496,7 @@ async fn converse(
                 is_error,
             });
         }
-        if schema_attempts >= MAX_SCHEMA_ATTEMPTS {
+        if schema_attempts >= attempts {
             break;
         }
         messages.push(Message {
@@ -423,9 +505,9 @@ async fn converse(
         });
     }
 
-    if schema_attempts >= MAX_SCHEMA_ATTEMPTS {
+    if schema_attempts >= attempts {
         return Err(AgentError::SchemaMismatch(format!(
-            "the agent's output did not match the schema after {MAX_SCHEMA_ATTEMPTS} attempts; last error: {last_schema_error}"
+            "the agent's output did not match the schema after {attempts} attempts (raise --schema-attempts); last error: {last_schema_error}"
         )));
     }
     Err(AgentError::Timeout(format!(
@@ -449,7 +531,8 @@ fn schema_output(value: Value, usage: Usage, model: String) -> AgentOutput {
 async fn send_first(
     context: &AgentContext,
     chat: &ChatRequest,
-    usage: &mut Usage,
+    request: &AgentRequest,
+    spend: &mut Spend,
     prefixes: &Arc<SharedPrefixes>,
     group: u64,
     prefix: &str,
@@ -463,16 +546,16 @@ async fn send_first(
         .sum();
     let shared_bytes = chat.system.len() as u64 + tools_bytes + prefix.len() as u64;
     if shared_bytes < MIN_CACHEABLE_BYTES {
-        return send(context, chat, usage).await;
+        return send(context, chat, request, spend).await;
     }
     let max_wait = context.provider.retry_policy().request_timeout;
     match prefixes.take_turn(group, prefix, max_wait).await {
         CacheTurn::Writer(turn) => {
-            let response = send(context, chat, usage).await?;
+            let response = send(context, chat, request, spend).await?;
             turn.written();
             Ok(response)
         }
-        CacheTurn::Reader => send(context, chat, usage).await,
+        CacheTurn::Reader => send(context, chat, request, spend).await,
     }
 }
 
@@ -480,22 +563,44 @@ fn json_bytes(value: &Value) -> u64 {
     serde_json::to_vec(value).map_or(0, |bytes| bytes.len() as u64)
 }
 
-/// Sends one request: for every attempt, reserve its worst case, send, settle what it cost;
-/// retry transient failures with backoff (see [`RetryPolicy`]); give up on an attempt that takes
+/// Sends one request: for every attempt, have the budget admit its worst case (waiting for
+/// requests in flight, perhaps with a lower output ceiling), send, settle what it cost; retry
+/// transient failures with backoff (see [`RetryPolicy`]); give up on an attempt that takes
 /// longer than the policy's request timeout.
 async fn send(
     context: &AgentContext,
     chat: &ChatRequest,
-    usage: &mut Usage,
+    request: &AgentRequest,
+    spend: &mut Spend,
 ) -> Result<ChatResponse, AgentError> {
     let policy: RetryPolicy = context.provider.retry_policy();
-    let worst_case = chat.input_bytes() + u64::from(chat.max_tokens);
+    let bytes = chat.input_bytes();
+    let input = spend.input_bound(bytes);
     let mut retry = 0;
     loop {
-        let reservation = context
+        let admitted = context
             .ledger
-            .reserve(worst_case)
+            .admit(Ask {
+                input,
+                output: u64::from(chat.max_tokens),
+                lowest_output: request.output_floor.map(u64::from),
+            })
+            .await
             .map_err(|refusal| AgentError::BudgetExhausted(refusal.to_string()))?;
+        let reservation = admitted.reservation;
+        let worst_case = reservation.amount();
+        // The ledger lowers a ceiling only within u32 (it never raises one).
+        let output = u32::try_from(admitted.output).unwrap_or(chat.max_tokens);
+        let lowered;
+        let chat = if output < chat.max_tokens {
+            lowered = ChatRequest {
+                max_tokens: output,
+                ..chat.clone()
+            };
+            &lowered
+        } else {
+            chat
+        };
         let (outcome, timed_out) =
             match tokio::time::timeout(policy.request_timeout, context.provider.complete(chat))
                 .await
@@ -516,16 +621,19 @@ async fn send(
             };
         let error = match outcome {
             Ok(mut response) => {
-                // The worst case is a true upper bound (input tokens never exceed input bytes,
-                // output never exceeds max_tokens): a claim above it is charged at the bound,
-                // and the claim is kept in a warning.
+                // The worst case is an upper bound (see the module's comment): a claim above it
+                // is charged at the bound, and the claim is kept in a warning.
                 let claimed = response.usage;
-                response.usage = claimed.clamped(chat.input_bytes(), u64::from(chat.max_tokens));
+                response.usage = claimed.clamped(input, u64::from(chat.max_tokens));
                 if response.usage != claimed {
                     over_reported(context, &claimed, &response.usage, worst_case);
                 }
                 reservation.settle(response.usage.total());
-                usage.add(&response.usage);
+                spend.usage.add(&response.usage);
+                let reported = response.usage.total() - response.usage.output_tokens;
+                if reported > 0 {
+                    spend.known = Some((bytes, reported));
+                }
                 return Ok(response);
             }
             Err(error) => error,
@@ -537,14 +645,19 @@ async fn send(
             Spent::Unknown => {
                 let amount = reservation.amount();
                 reservation.settle(amount);
+                spend.usage.add(&Usage {
+                    input_tokens: input,
+                    output_tokens: u64::from(chat.max_tokens),
+                    ..Usage::default()
+                });
             }
             Spent::Tokens(claimed) => {
-                let spent = claimed.clamped(chat.input_bytes(), u64::from(chat.max_tokens));
+                let spent = claimed.clamped(input, u64::from(chat.max_tokens));
                 if spent != claimed {
                     over_reported(context, &claimed, &spent, worst_case);
                 }
                 reservation.settle(spent.total());
-                usage.add(&spent);
+                spend.usage.add(&spent);
             }
         }
         let attempts = retry + 1;
@@ -565,6 +678,14 @@ async fn send(
                 )));
             }
             ProviderError::Fatal { .. } => return Err(AgentError::Provider(error.to_string())),
+            ProviderError::UsageLimit { .. } => match &context.pause {
+                // The run pauses; this call never ends, so the resumed run sends it again.
+                Some(pause) => {
+                    pause.pause(error.to_string());
+                    return std::future::pending().await;
+                }
+                None => return Err(AgentError::Provider(error.to_string())),
+            },
         }
     }
 }

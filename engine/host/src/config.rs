@@ -169,6 +169,17 @@ pub struct CorralConfig {
     /// knows no tenants).
     #[serde(default)]
     pub tenants: BTreeMap<String, toml::Table>,
+    /// `[agents]`: defaults of agent settings that a flag overrides.
+    #[serde(default)]
+    pub agents: AgentDefaults,
+}
+
+/// The `[agents]` table of a `corral.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentDefaults {
+    /// Answers a schema'd agent may hand in (`--schema-attempts`).
+    pub schema_attempts: Option<u32>,
 }
 
 impl ProviderSettings {

@@ -66,9 +66,11 @@ pub enum RunEvent {
         phase: Option<String>,
         /// `None` on success, else the error kind.
         error: Option<String>,
-        /// Tokens it used.
+        /// The error's message, when it failed.
+        message: Option<String>,
+        /// Tokens it was charged (a failed call's too).
         usage: Usage,
-        /// The model that answered (empty when it failed).
+        /// The model that answered (for a failed call: the model it asked for).
         model: String,
         /// Answered from the journal of a resumed run.
         replayed: bool,
@@ -118,6 +120,7 @@ impl RunEvent {
                 id,
                 phase,
                 error,
+                message,
                 usage,
                 model,
                 replayed,
@@ -127,6 +130,7 @@ impl RunEvent {
                 "phase": phase,
                 "ok": error.is_none(),
                 "error": error,
+                "message": message,
                 "model": model,
                 "replayed": replayed,
                 "usage": {

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use crate::tools::ToolLimits;
 
+/// The most schema attempts a run may allow (each attempt is a paid request).
+pub const MAX_SCHEMA_ATTEMPTS_CEILING: u32 = 50;
+
 /// Limits of one run. All of them are enforced by the host, where the guest cannot lie.
 ///
 /// Serialised (durations in milliseconds) as part of a run's spec; a missing field takes its
@@ -45,6 +48,9 @@ pub struct RunLimits {
     pub max_option_bytes: usize,
     /// `--max-output-tokens`: default and ceiling of an agent's output tokens per request.
     pub max_output_tokens: u32,
+    /// `--schema-attempts` (or `[agents] schema_attempts` in corral.toml): answers a schema'd
+    /// agent may hand in before it fails `schema-mismatch`, at most [`MAX_SCHEMA_ATTEMPTS_CEILING`].
+    pub schema_attempts: u32,
     /// Limits of the read/glob/grep/git tools.
     pub tools: ToolLimits,
 }
@@ -66,6 +72,7 @@ impl Default for RunLimits {
             max_schemas: 64,
             max_option_bytes: 1 << 10,
             max_output_tokens: 8192,
+            schema_attempts: crate::agent_loop::MAX_SCHEMA_ATTEMPTS,
             tools: ToolLimits::default(),
         }
     }

@@ -9,6 +9,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::agent_loop::{AgentError, AgentOutput, AgentRequest};
+use crate::provider::Usage;
 
 /// Records one run's agent calls (a journal). Called from the run's tasks; must not block.
 pub trait CallRecorder: Send + Sync {
@@ -20,12 +21,14 @@ pub trait CallRecorder: Send + Sync {
         request: &AgentRequest,
         model: &str,
     );
-    /// Call `seq` ended; `started_ms` is when it got its slot, `transcript` the conversation
-    /// when it was longer than one turn.
+    /// Call `seq` ended; `usage` is every token it was charged (a failed call's too),
+    /// `started_ms` when it got its slot, `transcript` the conversation when it was longer than
+    /// one turn.
     fn call_finished(
         &self,
         seq: u64,
         outcome: &Result<AgentOutput, AgentError>,
+        usage: &Usage,
         replayed: bool,
         started_ms: Option<i64>,
         transcript: Option<String>,
@@ -40,7 +43,7 @@ pub trait CallRecorder: Send + Sync {
         output: &AgentOutput,
     ) {
         self.call_queued(seq, described, request, model);
-        self.call_finished(seq, &Ok(output.clone()), true, None, None);
+        self.call_finished(seq, &Ok(output.clone()), &output.usage, true, None, None);
     }
 }
 

@@ -75,6 +75,10 @@ pub enum RunError {
     /// Someone asked to stop the run (`corral runs stop`).
     #[error("the run was stopped on request")]
     Stopped,
+    /// The provider's usage or spend limit is reached: the run paused, to be resumed once it
+    /// is lifted (calls that finished are not paid again).
+    #[error("the run paused: {0}")]
+    Paused(String),
 }
 
 /// What a run did.
@@ -88,6 +92,8 @@ pub struct RunReport {
     pub spent_tokens: u64,
     /// The budget, if any.
     pub budget_tokens: Option<u64>,
+    /// The largest worst case one request asked the budget for.
+    pub largest_request_tokens: u64,
     /// Wall-clock time of the run.
     pub wall: Duration,
     /// Time the guest itself computed.
@@ -107,6 +113,7 @@ impl Runtime {
         let began = Instant::now();
         let limits = options.limits.clone();
         let ledger = BudgetLedger::with_parents(limits.budget_tokens, options.shared.budgets);
+        let pause = Arc::new(crate::agent_loop::Pause::default());
         // A tool-time account of this run's own, on the same directory.
         let root = options.root.as_ref().map(ToolRoot::for_run);
         let context = AgentContext {
@@ -114,6 +121,8 @@ impl Runtime {
             ledger: Arc::clone(&ledger),
             tools: root.clone(),
             events: Arc::clone(&options.events),
+            schema_attempts: limits.schema_attempts,
+            pause: Some(Arc::clone(&pause)),
         };
         let events = options.events;
         let mut scheduler = AgentScheduler::new(
@@ -174,12 +183,16 @@ impl Runtime {
                 Err(_) => Err(RunError::Limit(LimitExceeded::Timeout(limits.timeout))),
             }
         };
-        let outcome = match options.stop {
-            Some(stop) => tokio::select! {
-                outcome = bounded => outcome,
-                () = stop => Err(RunError::Stopped),
-            },
-            None => bounded.await,
+        let stop = async {
+            match options.stop {
+                Some(stop) => stop.await,
+                None => std::future::pending().await,
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = bounded => outcome,
+            () = stop => Err(RunError::Stopped),
+            reason = pause.paused() => Err(RunError::Paused(reason)),
         };
         stdout.finish();
         stderr.finish();
@@ -198,6 +211,7 @@ impl Runtime {
             agents,
             spent_tokens: ledger.spent(),
             budget_tokens: ledger.total(),
+            largest_request_tokens: ledger.largest_ask(),
             wall: began.elapsed(),
             guest_cpu: state.cpu.guest_time(),
             tool_time: root.as_ref().map_or(Duration::ZERO, ToolRoot::tool_time),

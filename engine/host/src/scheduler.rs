@@ -12,8 +12,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
 
 use crate::agent_loop::{
-    AgentContext, AgentError, AgentOutput, AgentRequest, SharedPrefixes, run_agent_recorded,
-    transcript_json,
+    AgentContext, AgentError, AgentOutput, AgentRequest, Conversation, SharedPrefixes,
+    run_agent_recorded, transcript_json,
 };
 use crate::events::{EventSink, RunEvent};
 use crate::provider::Usage;
@@ -194,6 +194,7 @@ impl AgentScheduler {
                     id,
                     phase: request.phase.clone(),
                     error: None,
+                    message: None,
                     usage: Usage::default(),
                     model: outcome
                         .as_ref()
@@ -248,19 +249,18 @@ impl AgentScheduler {
                                 "the agent failed inside the host ({message}); this is a bug in \
                                  Corral, please report it with the workflow"
                             ))),
-                            Vec::new(),
+                            Conversation::default(),
                         )
                     });
+            // Every token the call was charged, whether it succeeded or not.
+            let usage = conversation.spend.usage;
             if let Some(recorder) = &journal {
                 // A one-turn conversation is the prompt and the result, both recorded already;
                 // longer ones (tools, schema corrections) are kept in full.
-                let transcript = (conversation.len() > 2).then(|| transcript_json(&conversation));
-                recorder.call_finished(id, &outcome, false, started_ms, transcript);
+                let messages = &conversation.messages;
+                let transcript = (messages.len() > 2).then(|| transcript_json(messages));
+                recorder.call_finished(id, &outcome, &usage, false, started_ms, transcript);
             }
-            let usage = outcome
-                .as_ref()
-                .map(|output| output.usage)
-                .unwrap_or_default();
             {
                 let mut stats = stats.lock().unwrap_or_else(|p| p.into_inner());
                 stats.usage.add(&usage);
@@ -275,11 +275,13 @@ impl AgentScheduler {
                 id,
                 phase: request.phase.clone(),
                 error: outcome.as_ref().err().map(|e| e.kind().to_string()),
+                message: outcome.as_ref().err().map(ToString::to_string),
                 usage,
-                model: outcome
-                    .as_ref()
-                    .map(|o| o.model.clone())
-                    .unwrap_or_default(),
+                // A failed call is priced as the model it asked for.
+                model: match &outcome {
+                    Ok(output) => output.model.clone(),
+                    Err(_) => context.provider.resolve_model(request.model.as_deref()),
+                },
                 replayed: false,
             });
             // The receiver lives as long as the run; if the run is gone nobody needs this outcome.

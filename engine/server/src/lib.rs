@@ -24,7 +24,7 @@ use corral_host::record::ReusePolicy;
 use corral_service::tenancy::{AuthError, Caller};
 use corral_service::{RootRef, RunService, RunSpec, ScriptRef, StartOptions, WorkflowRef};
 use corral_store::{RunFilter, RunStatus};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -392,7 +392,8 @@ struct RunRequest {
     script: Option<String>,
     /// The script's file name (for messages).
     script_name: Option<String>,
-    #[serde(default)]
+    /// `None` when absent; `"args": null` is `Some(Value::Null)`.
+    #[serde(default, deserialize_with = "present")]
     args: Option<Value>,
     root: Option<String>,
     #[serde(default)]
@@ -505,7 +506,7 @@ async fn submit_run(
         args: request
             .args
             .as_ref()
-            .map_or_else(|| "null".to_string(), Value::to_string),
+            .map_or_else(String::new, Value::to_string),
         root: request.root.clone().map(RootRef::Named),
         limits,
         provider: request.provider.clone(),
@@ -787,4 +788,9 @@ async fn usage(State(state): State<AppState>, auth: Auth) -> Result<Json<Value>,
         .map(|(name, line)| (*name, json!({"used": line.used, "limit": line.limit})))
         .collect();
     Ok(Json(json!({"tenant": auth.tenant(), "quotas": quotas})))
+}
+
+/// A field that is present, `null` included (absent fields take the default, `None`).
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
 }

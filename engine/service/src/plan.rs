@@ -28,9 +28,45 @@ pub struct Plan {
     pub incomplete: Option<String>,
     /// Agent calls that failed in the dry run, by error kind: their tokens are not estimated.
     pub failed: BTreeMap<String, u64>,
+    /// The largest worst case (input bound plus output ceiling) one request reserves.
+    pub largest_request: u64,
+    /// The run's concurrency cap.
+    pub max_concurrent: usize,
+    /// The budget the run would have.
+    pub budget: Option<u64>,
 }
 
 impl Plan {
+    /// Why agents of the run would wait for each other's budget: when the concurrency cap times
+    /// the largest request's worst case exceeds the budget, requests in flight hold so much that
+    /// the next must wait for them to settle (see `corral_host::budget`); says what to lower.
+    pub fn contention(&self) -> Option<String> {
+        let budget = self.budget?;
+        let largest = self.largest_request;
+        // At most as many at once as the cap allows and the run starts.
+        let cap = (self.max_concurrent as u64).min(self.agents);
+        if largest == 0 || cap.saturating_mul(largest) <= budget {
+            return None;
+        }
+        if largest > budget {
+            return Some(format!(
+                "the largest request may need {largest} tokens (its prompt's bytes plus its output \
+                 ceiling), more than the whole budget of {budget}: it will be refused, or, when its \
+                 call names no maxTokens, sent with a lower output ceiling; shorten that prompt \
+                 or its maxTokens, or raise --budget-tokens"
+            ));
+        }
+        let at_once = (budget / largest).max(1);
+        Some(format!(
+            "{cap} agents at once × {largest} tokens (the largest request's worst case) = {} is \
+             more than the budget of {budget}: agents will wait for each other's requests to \
+             settle, about {at_once} at a time; lower --max-concurrent to {at_once} or maxTokens, \
+             or raise --budget-tokens to {} to run them all at once",
+            cap * largest,
+            cap * largest
+        ))
+    }
+
     /// Why the estimate cannot be trusted to check a budget: agents the simulated provider
     /// could not answer (an output schema it cannot satisfy within maxTokens, say), whose real
     /// cost is unknown.
@@ -172,6 +208,9 @@ impl PlanSink {
             phases,
             incomplete,
             failed: state.failed.clone(),
+            largest_request: 0,
+            max_concurrent: 0,
+            budget: None,
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Per-phase totals of a recorded run, priced by the model that answered: what `corral runs
 //! show` prints and what `GET /v1/runs/{id}` answers.
 
+use std::collections::BTreeSet;
+
 use corral_host::config::CorralConfig;
 use corral_host::provider::Usage;
 use corral_store::{CallStatus, RunDetail};
@@ -22,6 +24,8 @@ pub struct PhaseTotals {
     pub usage: Usage,
     /// Dollars, where the answering model has a price.
     pub cost: f64,
+    /// Models of paid calls that have no price: their cost is not in `cost`.
+    pub unpriced: BTreeSet<String>,
     /// When its first call was queued and its last one finished (ms since the epoch).
     pub span_ms: Option<(i64, i64)>,
 }
@@ -57,8 +61,15 @@ pub fn phase_totals(run: &RunDetail, config: &CorralConfig) -> (Vec<PhaseTotals>
             }
             if !call.replayed {
                 totals.usage.add(&call.usage);
-                if let Some(price) = call.model.as_deref().and_then(|m| config.price(m)) {
-                    totals.cost += price.cost(&call.usage);
+                if let Some(model) = call.model.as_deref()
+                    && call.usage.total() > 0
+                {
+                    match config.price(model) {
+                        Some(price) => totals.cost += price.cost(&call.usage),
+                        None => {
+                            totals.unpriced.insert(model.to_string());
+                        }
+                    }
                 }
             }
             let end = call.finished_ms.unwrap_or(call.queued_ms);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use corral_host::config::{CorralConfig, ProviderKind};
 use corral_host::events::{EventSink, RunEvent};
-use corral_host::limits::MAX_MEMORY_CEILING;
+use corral_host::limits::{MAX_MEMORY_CEILING, MAX_SCHEMA_ATTEMPTS_CEILING};
 use corral_host::provider::Provider;
 use corral_host::provider::anthropic::AnthropicProvider;
 use corral_host::provider::openai::OpenAiProvider;
@@ -409,12 +409,19 @@ impl RunService {
     fn prepare(&self, spec: &RunSpec) -> Result<Prepared, ServiceError> {
         let tenant = self.tenant_of(spec)?;
         validate_limits(&spec.limits)?;
-        let args: serde_json::Value = serde_json::from_str(&spec.args).map_err(|error| {
-            ServiceError::Invalid(format!(
-                "the run's arguments are not valid JSON ({error}): {}",
-                spec.args
-            ))
-        })?;
+        // No arguments stay none (the script's `args` is then undefined), unlike `null`.
+        let args_json = if spec.args.trim().is_empty() {
+            String::new()
+        } else {
+            serde_json::from_str::<serde_json::Value>(&spec.args)
+                .map_err(|error| {
+                    ServiceError::Invalid(format!(
+                        "the run's arguments are not valid JSON ({error}): {}",
+                        spec.args
+                    ))
+                })?
+                .to_string()
+        };
         let workflow = self.component(
             spec.tenant.as_deref(),
             &spec.workflow.name,
@@ -457,7 +464,7 @@ impl RunService {
             workflow,
             script,
             root,
-            args_json: args.to_string(),
+            args_json,
             tenant,
         })
     }
@@ -589,13 +596,17 @@ impl RunService {
             let id = settings.resolve_model(requested);
             config.price(&id).map(|price| price.cost(usage))
         };
-        Ok(sink.plan(
+        let mut plan = sink.plan(
             report.agents.started,
             report.agents.usage.total(),
             name,
             &price,
             report.outcome.err().map(|error| error.to_string()),
-        ))
+        );
+        plan.largest_request = report.largest_request_tokens;
+        plan.max_concurrent = spec.limits.max_concurrent;
+        plan.budget = spec.limits.budget_tokens;
+        Ok(plan)
     }
 
     /// Starts a run: checks the plan against the budget (unless forced), records the run, and
@@ -1214,12 +1225,13 @@ impl corral_host::record::CallRecorder for KeepReplayed {
         &self,
         seq: u64,
         outcome: &Result<corral_host::agent_loop::AgentOutput, corral_host::agent_loop::AgentError>,
+        usage: &corral_host::provider::Usage,
         replayed: bool,
         started_ms: Option<i64>,
         transcript: Option<String>,
     ) {
         self.0
-            .call_finished(seq, outcome, replayed, started_ms, transcript);
+            .call_finished(seq, outcome, usage, replayed, started_ms, transcript);
     }
 
     fn call_replayed(
@@ -1240,6 +1252,7 @@ fn not_run(error: RunError, budget: Option<u64>) -> RunReport {
         agents: Default::default(),
         spent_tokens: 0,
         budget_tokens: budget,
+        largest_request_tokens: 0,
         wall: Duration::ZERO,
         guest_cpu: Duration::ZERO,
         tool_time: Duration::ZERO,
@@ -1267,6 +1280,12 @@ fn validate_limits(limits: &RunLimits) -> Result<(), ServiceError> {
             limits.max_memory
         )));
     }
+    if !(1..=MAX_SCHEMA_ATTEMPTS_CEILING).contains(&limits.schema_attempts) {
+        return Err(ServiceError::Invalid(format!(
+            "schema_attempts (--schema-attempts) {} is outside 1..={MAX_SCHEMA_ATTEMPTS_CEILING}",
+            limits.schema_attempts
+        )));
+    }
     if limits.timeout.is_zero() || limits.max_cpu.is_zero() {
         return Err(ServiceError::Invalid(
             "timeout and max_cpu (--timeout, --max-cpu) must be greater than zero".to_string(),
@@ -1279,6 +1298,7 @@ fn final_status(outcome: &Result<String, RunError>) -> RunStatus {
     match outcome {
         Ok(_) => RunStatus::Succeeded,
         Err(RunError::Stopped) => RunStatus::Stopped,
+        Err(RunError::Paused(_)) => RunStatus::Paused,
         Err(_) => RunStatus::Failed,
     }
 }

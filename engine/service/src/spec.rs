@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 pub struct RunSpec {
     /// Which workflow runs.
     pub workflow: WorkflowRef,
-    /// The run's arguments as JSON text (`null` when none were given).
-    #[serde(default = "null_args")]
+    /// The run's arguments as JSON text (empty when none were given, which is not `null`).
+    #[serde(default)]
     pub args: String,
     /// The directory the tools may read; `None` means no files at all.
     #[serde(default)]
@@ -38,10 +38,6 @@ pub struct RunSpec {
     /// The run this one resumes.
     #[serde(default)]
     pub resumed_from: Option<String>,
-}
-
-fn null_args() -> String {
-    "null".to_string()
 }
 
 /// A workflow by content: the hash of its component and, for a script, the script itself.
@@ -118,7 +114,7 @@ mod tests {
         assert_eq!(serde_json::from_str::<RunSpec>(&text).unwrap(), spec);
         let minimal: RunSpec =
             serde_json::from_str(r#"{"workflow": {"name": "w.wasm", "component": "00"}}"#).unwrap();
-        assert_eq!(minimal.args, "null");
+        assert_eq!(minimal.args, "");
         assert_eq!(minimal.limits, RunLimits::default());
         let error = serde_json::from_str::<RunSpec>(
             r#"{"workflow": {"name": "w", "component": "00"}, "argz": 1}"#,

@@ -143,6 +143,8 @@ enum Op {
         run: String,
         seq: u64,
         outcome: Result<AgentOutput, AgentError>,
+        /// Every token the call was charged (a failed call's too).
+        usage: Usage,
         replayed: bool,
         started: Option<i64>,
         transcript: Option<String>,
@@ -279,6 +281,7 @@ impl CallRecorder for RunRecorder {
         &self,
         seq: u64,
         outcome: &Result<AgentOutput, AgentError>,
+        usage: &Usage,
         replayed: bool,
         started_ms: Option<i64>,
         transcript: Option<String>,
@@ -287,6 +290,7 @@ impl CallRecorder for RunRecorder {
             run: self.run.clone(),
             seq,
             outcome: outcome.clone(),
+            usage: *usage,
             replayed,
             started: started_ms,
             transcript,
@@ -521,7 +525,7 @@ impl RunStore for Journal {
         let mut detail = row.ok_or_else(|| StoreError::UnknownRun(id.to_string()))?;
         let mut calls = db
             .prepare(
-                "SELECT seq, label, phase, status, error_kind, error, text, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, replayed, queued_ms, started_ms, finished_ms, answered_model, json FROM calls WHERE run_id = ?1 ORDER BY seq",
+                "SELECT seq, label, phase, status, error_kind, error, text, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, replayed, queued_ms, started_ms, finished_ms, COALESCE(answered_model, model), json FROM calls WHERE run_id = ?1 ORDER BY seq",
             )
             .map_err(err)?;
         detail.calls = calls
@@ -951,6 +955,7 @@ fn apply(
                 run,
                 seq,
                 outcome,
+                usage,
                 replayed,
                 started,
                 transcript,
@@ -962,7 +967,7 @@ fn apply(
                     )?
                     .execute(params![run, seq as i64, transcript])?;
                 }
-                let (status, kind, error, text, json, model, usage) = match &outcome {
+                let (status, kind, error, text, json, model) = match &outcome {
                     Ok(output) => (
                         CallStatus::Ok.as_str(),
                         None,
@@ -970,7 +975,6 @@ fn apply(
                         Some(output.text.clone()),
                         output.json.as_ref().map(Value::to_string),
                         Some(output.model.clone()),
-                        output.usage,
                     ),
                     Err(e) => (
                         CallStatus::Failed.as_str(),
@@ -979,7 +983,6 @@ fn apply(
                         None,
                         None,
                         None,
-                        Usage::default(),
                     ),
                 };
                 tx.prepare_cached(

@@ -56,6 +56,8 @@ pub enum RunStatus {
     Failed,
     /// Stopped on request.
     Stopped,
+    /// Paused by the provider's usage or spend limit, to be resumed.
+    Paused,
     /// Marked running, but the process running it is gone (never stored: the service derives it).
     Interrupted,
 }
@@ -69,6 +71,7 @@ impl RunStatus {
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
             RunStatus::Stopped => "stopped",
+            RunStatus::Paused => "paused",
             RunStatus::Interrupted => "interrupted",
         }
     }
@@ -81,6 +84,7 @@ impl RunStatus {
             RunStatus::Succeeded,
             RunStatus::Failed,
             RunStatus::Stopped,
+            RunStatus::Paused,
             RunStatus::Interrupted,
         ]
         .into_iter()
@@ -275,7 +279,7 @@ pub struct CallRow {
     pub usage: Usage,
     /// Answered from the journal instead of the provider.
     pub replayed: bool,
-    /// The model that answered.
+    /// The model that answered (for a call that failed: the one it asked for).
     pub model: Option<String>,
     /// When it was queued (ms since the epoch).
     pub queued_ms: i64,

@@ -266,22 +266,64 @@
   }
 
   // A failed slot becomes null (the spec); the progress log says why, so that a script whose
-  // results are all null can be debugged.
-  const failed = (what, index, error) => native.log(`${what} failed for item ${index}, which becomes null: ${format(error)}`);
+  // results are all null can be debugged. One batch logs the first failure of each kind (an
+  // error's `code`, else its name) in full and counts the others, then logs one line per kind
+  // with their count: a fan-out that runs out of budget logs two lines, not a thousand.
+  const failureKind = (error) => {
+    try {
+      if (error !== null && typeof error === 'object') {
+        if (typeof error.code === 'string') return error.code;
+        if (typeof error.name === 'string') return error.name;
+      }
+    } catch {
+      // A getter that throws: the kind stays generic.
+    }
+    return kind(error);
+  };
+
+  function failures() {
+    const seen = new Map();
+    return {
+      failed(what, index, error) {
+        const errorKind = failureKind(error);
+        const key = `${what}\u0000${errorKind}`;
+        const entry = seen.get(key);
+        if (entry !== undefined) {
+          entry.more += 1;
+          return;
+        }
+        seen.set(key, { what, errorKind, first: index, more: 0 });
+        native.log(`${what} failed for item ${index}, which becomes null: ${format(error)}`);
+      },
+      done() {
+        for (const { what, errorKind, first, more } of seen.values()) {
+          if (more > 0) {
+            native.log(
+              `${what} failed for ${more} more item${more === 1 ? '' : 's'} with ${errorKind} ` +
+                `(as item ${first} did), which become${more === 1 ? 's' : ''} null`,
+            );
+          }
+        }
+      },
+    };
+  }
 
   async function parallel(thunks) {
     checkList('parallel(thunks)', thunks);
-    return Promise.all(
+    const log = failures();
+    const results = await Promise.all(
       thunks.map(async (thunk, index) => {
         try {
           // A promise instead of a thunk (`parallel(xs.map(x => agent(x)))`) is awaited as it is.
           return await (typeof thunk === 'function' ? thunk() : thunk);
         } catch (e) {
-          failed('parallel', index, e);
+          log.failed('parallel', index, e);
           return null;
         }
       }),
     );
+    log.done();
+    return results;
   }
 
   async function pipeline(items, ...stages) {
@@ -291,20 +333,23 @@
         throw new TypeError(`pipeline(items, ...stages): stage ${i + 1} must be a function, not ${kind(stage)}`);
       }
     });
-    return Promise.all(
+    const log = failures();
+    const results = await Promise.all(
       items.map(async (item, index) => {
         let value = item;
         for (let s = 0; s < stages.length; s++) {
           try {
             value = await stages[s](value, item, index);
           } catch (e) {
-            failed(`pipeline stage ${s + 1}`, index, e);
+            log.failed(`pipeline stage ${s + 1}`, index, e);
             return null;
           }
         }
         return value;
       }),
     );
+    log.done();
+    return results;
   }
 
   // ---- Rules 10–12: phase, log, budget, workflow --------------------------------------------
@@ -330,12 +375,19 @@
     },
   });
 
-  // A name (`review-changes`) is looked up as a file of the run's root, in this order; a path
-  // (with a `/` or ending in `.js`) is read as it is.
-  const workflowPaths = (nameOrPath) =>
-    nameOrPath.includes('/') || /\.[cm]?js$/.test(nameOrPath)
-      ? [nameOrPath]
-      : [`workflows/${nameOrPath}.js`, `${nameOrPath}.js`];
+  // What `workflow()` is asked to run (rules 12 and 16), as Rust's `startWorkflow` takes it:
+  // `[text, byPath, object]`. A string with a `/` is a path relative to the root, any other
+  // string a name (resolved in Rust: see script/resolve.rs); `{ scriptPath }` is a path.
+  const workflowTarget = (target) => {
+    if (typeof target === 'string') return [target, target.includes('/'), false];
+    if (target !== null && typeof target === 'object' && !Array.isArray(target)) {
+      return [string(target.scriptPath, 'workflow({ scriptPath }, args): scriptPath'), true, true];
+    }
+    throw new TypeError(
+      `workflow(nameOrPath, args): the first argument must be a workflow's name, a path relative ` +
+        `to the root, or { scriptPath }, not ${kind(target)}`,
+    );
+  };
 
   // The arguments of a nested workflow as JSON text (`undefined` for none), as a run's are.
   const jsonText = (value, what) => {
@@ -356,27 +408,9 @@
   // it leads back to this function: only JSON text crosses, its args in and its result out. It
   // shares the run's caps and budget, which are the host's.
   async function workflow(nameOrPath, args) {
-    string(nameOrPath, 'workflow(nameOrPath, args): nameOrPath');
+    const [target, byPath, object] = workflowTarget(nameOrPath);
     const argsJson = jsonText(args, 'workflow(nameOrPath, args): args');
-    const paths = workflowPaths(nameOrPath);
-    let id;
-    for (const path of paths) {
-      try {
-        id = native.startWorkflow(path, argsJson);
-        break;
-      } catch (e) {
-        if (e?.code !== 'not-found') throw e;
-      }
-    }
-    if (id === undefined) {
-      const error = new Error(
-        `workflow(${JSON.stringify(nameOrPath)}): no such workflow in the run's root ` +
-          `(looked for ${paths.join(', ')}); pass a path relative to the root, such as 'workflows/name.js'`,
-      );
-      error.name = 'WorkflowError';
-      error.code = 'not-found';
-      throw error;
-    }
+    const id = native.startWorkflow(target, byPath, object, argsJson);
     return new Promise((resolve, reject) => workflows.set(id, { resolve, reject }));
   }
 
@@ -404,8 +438,17 @@
   }
 
   async function nested(nameOrPath) {
+    let shown;
+    try {
+      shown =
+        typeof nameOrPath === 'string'
+          ? JSON.stringify(nameOrPath)
+          : `{ scriptPath: ${JSON.stringify(String(nameOrPath?.scriptPath))} }`;
+    } catch {
+      shown = '...';
+    }
     const error = new Error(
-      `workflow(${JSON.stringify(String(nameOrPath))}): workflows nest one level only, and this ` +
+      `workflow(${shown}): workflows nest one level only, and this ` +
         'script already runs inside workflow(); start it from the top-level workflow instead',
     );
     error.name = 'WorkflowError';

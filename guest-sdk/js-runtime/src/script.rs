@@ -30,7 +30,10 @@ use crate::host::Host;
 use crate::json::{self, MAX_JSON_DEPTH};
 use crate::lexer;
 
+mod meta;
 mod nested;
+mod resolve;
+use meta::ScriptMeta;
 use nested::{Nested, NestedStart};
 
 /// Limits of the JavaScript engine inside the component. The host's own memory limit must leave
@@ -132,6 +135,9 @@ struct State {
     pending: RefCell<BTreeMap<CallId, PendingCall>>,
     /// Unknown option names already warned about, so each is logged once.
     warned: RefCell<BTreeSet<String>>,
+    /// The run's current phase, the last `phase()` of any realm: the host gives it to agents
+    /// that name none, and the runtime picks their default model by it (rule 16).
+    phase: RefCell<Option<String>>,
     /// `workflow()` calls whose script was read and checked, for the event loop to start.
     queued: RefCell<Vec<NestedStart>>,
     /// The realm the next `workflow()` call gets.
@@ -172,13 +178,15 @@ impl Workflow {
             running: Cell::new(false),
             pending: RefCell::new(BTreeMap::new()),
             warned: RefCell::new(BTreeSet::new()),
+            phase: RefCell::new(None),
             queued: RefCell::new(Vec::new()),
             next_realm: Cell::new(TOP + 1),
             finished: RefCell::new(BTreeSet::new()),
         });
 
         let (main, api) = context.with(|ctx| {
-            let api = install(&ctx, &state, TOP).map_err(|e| internal(&ctx, e, name))?;
+            let meta = Rc::new(ScriptMeta::new(prepared.meta.as_ref()));
+            let api = install(&ctx, &state, TOP, meta).map_err(|e| internal(&ctx, e, name))?;
             let main = compile(&ctx, name, source, &prepared)?;
             Ok::<_, Failure>((Persistent::save(&ctx, main), api))
         })?;
@@ -194,8 +202,12 @@ impl Workflow {
         })
     }
 
-    /// Runs the script with `args_json` as `args` (`null` means none) until its promise settles,
-    /// and returns its result as JSON text.
+    /// Runs the script with `args_json` as `args` until its promise settles, and returns its
+    /// result as JSON text.
+    ///
+    /// SCRIPT-API rule 19: `args` is exactly what was given. The WIT `run(args-json)` has no
+    /// way to say "no arguments" other than its text, so the host passes empty text for none:
+    /// `""` is `undefined`, `"null"` is `null`.
     pub fn run(&self, args_json: &str) -> Result<String, Failure> {
         if self.state.running.replace(true) {
             return Err("the script has already run: a loaded script runs once".to_owned());
@@ -203,7 +215,7 @@ impl Workflow {
         let name = self.name.as_str();
         let promise = self.context.with(|ctx| {
             let args = match args_json.trim() {
-                "" | "null" => Value::new_undefined(ctx.clone()),
+                "" => Value::new_undefined(ctx.clone()),
                 json => host_json(&ctx, json).map_err(|refusal| refusal.explain("args"))?,
             };
             ctx.globals()
@@ -453,9 +465,15 @@ impl Workflow {
     }
 }
 
-/// Sets up a realm: the native functions for `realm`, then the prelude over them.
-fn install<'js>(ctx: &Ctx<'js>, state: &Rc<State>, realm: RealmId) -> rquickjs::Result<Api> {
-    let natives = natives(ctx, state, realm)?;
+/// Sets up a realm: the native functions for `realm` (whose script has `meta`), then the prelude
+/// over them.
+fn install<'js>(
+    ctx: &Ctx<'js>,
+    state: &Rc<State>,
+    realm: RealmId,
+    meta: Rc<ScriptMeta>,
+) -> rquickjs::Result<Api> {
+    let natives = natives(ctx, state, realm, meta)?;
     let config = Object::new(ctx.clone())?;
     config.set("nested", realm != TOP)?;
     config.set("maxJsonDepth", MAX_JSON_DEPTH as f64)?;
@@ -883,15 +901,17 @@ fn require_running(ctx: &Ctx<'_>, state: &State, what: &str) -> rquickjs::Result
     }
 }
 
-/// The native functions the prelude of `realm` builds the API on.
+/// The native functions the prelude of `realm` builds the API on; `meta` is its script's.
 fn natives<'js>(
     ctx: &Ctx<'js>,
     state: &Rc<State>,
     realm: RealmId,
+    meta: Rc<ScriptMeta>,
 ) -> rquickjs::Result<Object<'js>> {
     let natives = Object::new(ctx.clone())?;
 
     let s = state.clone();
+    let m = meta.clone();
     natives.set(
         "agentStart",
         Function::new(
@@ -909,7 +929,12 @@ fn natives<'js>(
                          await every agent() call before the workflow returns",
                     ));
                 }
-                let options = agent_options(&ctx, &s, opts.0, schema_text.0.flatten())?;
+                let mut options = agent_options(&ctx, &s, opts.0, schema_text.0.flatten())?;
+                // Rule 16: an agent that names no model gets its phase's, from meta.phases.
+                if options.model.is_none() {
+                    let phase = options.phase.clone().or_else(|| s.phase.borrow().clone());
+                    options.model = phase.and_then(|p| m.model_of(&p).map(str::to_owned));
+                }
                 match s.host.agent_start(&prompt, &options) {
                     Ok(id) => {
                         let label = options.label;
@@ -951,30 +976,28 @@ fn natives<'js>(
             Function::new(
                 ctx.clone(),
                 move |ctx: Ctx<'js>,
-                      path: String,
+                      target: String,
+                      by_path: bool,
+                      object: bool,
                       args_json: Opt<Option<String>>|
                       -> rquickjs::Result<f64> {
                     require_running(&ctx, &s, "workflow()")?;
-                    let what = format!("workflow({path:?})");
-                    let source = s.host.read(&path).map_err(|e| tool_error(&ctx, &what, e))?;
-                    let prepared = frontend::prepare(&source).map_err(|errors| {
-                        throw_host_error(
-                            &ctx,
-                            "WorkflowError",
-                            "invalid-script",
-                            &format!(
-                                "{what}: the workflow cannot run; fix it and try again:\n{}",
-                                check_errors(&path, &errors)
-                            ),
-                        )
-                    })?;
+                    let target = if by_path {
+                        resolve::Target::Path {
+                            path: target,
+                            object,
+                        }
+                    } else {
+                        resolve::Target::Name(target)
+                    };
+                    let found = resolve::resolve(&ctx, &*s.host, &target)?;
                     let realm = s.next_realm.get();
                     s.next_realm.set(realm + 1);
                     s.queued.borrow_mut().push(NestedStart {
                         realm,
-                        path,
-                        source,
-                        prepared,
+                        path: found.path,
+                        source: found.source,
+                        prepared: found.prepared,
                         args_json: args_json.0.flatten(),
                     });
                     Ok(f64::from(realm))
@@ -1169,6 +1192,10 @@ fn natives<'js>(
             move |ctx: Ctx<'js>, title: String| -> rquickjs::Result<()> {
                 require_running(&ctx, &s, "phase()")?;
                 s.host.phase(&title);
+                if let Some(warning) = meta.unlisted_phase(&title) {
+                    s.host.log(&warning);
+                }
+                *s.phase.borrow_mut() = Some(title);
                 Ok(())
             },
         )?,

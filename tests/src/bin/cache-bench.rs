@@ -57,6 +57,8 @@ fn run(protocol: Protocol, aware: bool, agents: usize, context: &str) -> Outcome
         ledger: BudgetLedger::new(None),
         tools: None,
         events: Arc::new(NoEvents),
+        schema_attempts: corral_host::agent_loop::MAX_SCHEMA_ATTEMPTS,
+        pause: None,
     };
     let schema = Arc::new(
         OutputSchema::from_value(json!({
@@ -87,6 +89,7 @@ fn run(protocol: Protocol, aware: bool, agents: usize, context: &str) -> Outcome
                 schema: Some(Arc::clone(&schema)),
                 tools: None,
                 max_tokens: 256,
+                output_floor: None,
                 max_turns: DEFAULT_MAX_TURNS,
                 timeout: None,
             };

@@ -3,13 +3,17 @@
 //! One test binary for the whole workspace (each `tests/*.rs` file would relink everything).
 
 mod adversarial;
+mod budget;
 mod cli;
 mod guests_used;
 mod journal;
 mod js_workflows;
 mod limits;
+mod pause;
 mod providers;
+mod reporting;
 mod runs;
 mod script_api;
+mod script_format;
 mod server;
 mod tools;

@@ -317,8 +317,9 @@ async fn rule_05_args_is_the_parsed_json_of_the_run_arguments() {
         result(&report),
         json!({ "args": args, "files": 2, "depth": 4 })
     );
-    let report = run_js("return [typeof args, args === undefined]", Value::Null).await;
-    assert_eq!(result(&report), json!(["undefined", true]));
+    // `null` is passed as `null` (no arguments at all, `undefined`, is rule 19's test).
+    let report = run_js("return [typeof args, args === null]", Value::Null).await;
+    assert_eq!(result(&report), json!(["object", true]));
     let report = run_js("return args", json!([1, "two"])).await;
     assert_eq!(result(&report), json!([1, "two"]));
 }
@@ -743,7 +744,8 @@ return { child, spent: budget.spent(), meta, args: args ?? null }
         (
             "workflow('missing')",
             "WorkflowError [not-found]: workflow(\"missing\"): no such workflow in the run's root \
-             (looked for workflows/missing.js, missing.js)",
+             (looked for .corral/workflows/missing.js, .claude/workflows/missing.js, \
+             workflows/missing.js, a script whose meta.name is \"missing\" in",
         ),
         (
             "workflow('bad-meta.js')",
@@ -769,9 +771,8 @@ return { child, spent: budget.spent(), meta, args: args ?? null }
     let report = run_js("await workflow('count')", Value::Null).await;
     let message = thrown(&report);
     assert!(
-        message.starts_with(
-            "ToolError [denied]: workflow(\"workflows/count.js\"): this run has no root directory"
-        ),
+        message
+            .starts_with("ToolError [denied]: workflow(\"count\"): this run has no root directory"),
         "{message}"
     );
 }

@@ -162,6 +162,22 @@ fn a_script_runs_end_to_end_through_the_api() {
     assert_eq!(live.last().unwrap().1["ok"], true, "{live:?}");
     let result = api.get(&format!("/v1/runs/{id}/result"));
     assert_eq!(result.json["result"]["files"], 2, "{}", result.text);
+
+    // `"args": null` reaches the script as null; no args at all as undefined.
+    let shape = api.upload_script(
+        "shape.js",
+        "return args === undefined ? 'undefined' : args === null ? 'null' : 'given'",
+    );
+    for (request, expected) in [
+        (json!({"workflow": shape, "args": null}), "null"),
+        (json!({"workflow": shape}), "undefined"),
+        (json!({"workflow": shape, "args": 1}), "given"),
+    ] {
+        let run = api.submit(&request);
+        assert_eq!(api.wait(&run)["status"], "succeeded");
+        let result = api.get(&format!("/v1/runs/{run}/result"));
+        assert_eq!(result.json["result"], expected, "{request}");
+    }
 }
 
 #[test]

@@ -71,6 +71,9 @@ pub fn plan(args: RunArgs) -> anyhow::Result<ExitCode> {
             kinds.join(", ")
         );
     }
+    if let Some(contention) = plan.contention() {
+        eprintln!("corral: warning: {contention}");
+    }
     if let Some(error) = &plan.incomplete {
         eprintln!("corral: the dry run did not finish ({error}); the estimate covers what ran");
     }

@@ -1,8 +1,16 @@
-//! Where a run's events go on the command line: plain progress lines, a live per-phase view on a
-//! terminal, and the `--events` JSON Lines stream.
+//! Where a run's events go on the command line: progress on stderr (plain lines, or a live
+//! view on a terminal) and the `--events` JSON Lines stream.
+//!
+//! Failed agent calls are collapsed by kind, so that a fan-out whose budget ran out reports one
+//! line per kind rather than one per call. On a terminal each kind has one line, redrawn in place.
+//! In plain lines (logs, pipes) the first failure of a kind is printed in full; after it a line
+//! `N agents failed: KIND (first #ID: message)` is printed when the count reaches 10, 100, 1000, …, and
+//! for every kind whose count grew since its last line at each phase change and at the end. That
+//! is at most a few lines per kind and phase, however many calls fail.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,23 +19,15 @@ use corral_host::events::{EventSink, RunEvent};
 use corral_host::provider::Usage;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// Phases and log lines as plain lines on stderr (when stderr is not a terminal).
-pub struct PlainLines;
-
-impl EventSink for PlainLines {
-    fn event(&self, event: &RunEvent) {
-        let line = match event {
-            RunEvent::Phase { title } => format!("== {title}"),
-            RunEvent::Log { message } => format!("   {message}"),
-            RunEvent::AgentFinished {
-                id,
-                error: Some(kind),
-                ..
-            } => format!("   agent #{id} failed: {kind}"),
-            _ => return,
-        };
-        eprintln!("{line}");
-    }
+/// How progress is shown on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// None (`-q`): only the summary.
+    Quiet,
+    /// Plain lines, for logs and pipes: phases, log lines, failures collapsed by kind.
+    Lines,
+    /// One line per phase and per failure kind, redrawn in place (on a terminal).
+    Live,
 }
 
 /// Per-phase counters, tokens and cost: what the live view shows and the summary reports.
@@ -45,6 +45,8 @@ pub struct PhaseTally {
     pub usage: Usage,
     /// Dollars, where prices are known.
     pub cost: f64,
+    /// Models that answered calls but have no price: their cost is not in `cost`.
+    pub unpriced: BTreeSet<String>,
 }
 
 impl From<&corral_service::report::PhaseTotals> for PhaseTally {
@@ -57,14 +59,78 @@ impl From<&corral_service::report::PhaseTotals> for PhaseTally {
             failed: phase.failed,
             usage: phase.usage,
             cost: phase.cost,
+            unpriced: phase.unpriced.clone(),
         }
     }
 }
 
-/// Tallies events per phase, prices them, and (on a terminal) draws one line per phase.
+/// The failed agent calls of one kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failures {
+    /// The error kind (`budget-exhausted`, `timeout`, …).
+    pub kind: String,
+    /// How many calls failed so.
+    pub count: u64,
+    /// The id of the first of them.
+    pub first: u64,
+    /// What the first of them said.
+    pub message: String,
+    /// `count` when a line about this kind was last printed (plain lines).
+    printed: u64,
+}
+
+impl Failures {
+    /// `764 agents failed: budget-exhausted (first #232: token budget exhausted: …)`.
+    pub fn line(&self) -> String {
+        let agents = if self.count == 1 { "agent" } else { "agents" };
+        format!(
+            "{} {agents} failed: {} (first #{}: {})",
+            self.count,
+            self.kind,
+            self.first,
+            short(&self.message)
+        )
+    }
+}
+
+/// A failure message cut to one readable line.
+fn short(message: &str) -> String {
+    const MAX: usize = 160;
+    let line = message.lines().next().unwrap_or_default();
+    if line.chars().count() <= MAX && !message.contains('\n') {
+        return line.to_string();
+    }
+    let cut: String = line.chars().take(MAX).collect();
+    format!("{cut}…")
+}
+
+/// Whether a plain-lines count of failures is worth a line of its own: 10, 100, 1000, …
+fn milestone(count: u64) -> bool {
+    count >= 10 && 10u64.pow(count.ilog10()) == count
+}
+
+/// A cost as the report shows it: `$0.0123`; `≥$0.0123` when some calls' models have no price;
+/// `—` when they all have none (or the priced ones cost less than shows).
+pub fn cost_cell(cost: f64, unpriced: &BTreeSet<String>) -> String {
+    match (unpriced.is_empty(), shows(cost)) {
+        (true, _) => format!("${cost:.4}"),
+        (false, true) => format!("≥${cost:.4}"),
+        (false, false) => "—".to_string(),
+    }
+}
+
+/// Whether `cost` is at least the $0.0001 a cost is shown to.
+pub fn shows(cost: f64) -> bool {
+    (cost * 1e4).round() >= 1.0
+}
+
+/// Tallies events per phase, prices them, collapses failures by kind, and shows progress.
 pub struct Tally {
     config: CorralConfig,
     started: Instant,
+    progress: Progress,
+    /// The simulated provider buys nothing: its models' missing prices are no unknown cost.
+    simulated: AtomicBool,
     state: Mutex<TallyState>,
     view: Option<MultiProgress>,
 }
@@ -74,19 +140,30 @@ struct TallyState {
     phases: BTreeMap<String, PhaseTally>,
     order: Vec<String>,
     bars: BTreeMap<String, ProgressBar>,
+    /// In order of first appearance.
+    failures: Vec<Failures>,
+    failure_bars: Vec<ProgressBar>,
+    unpriced: BTreeSet<String>,
 }
 
 impl Tally {
-    /// A tally; `live` draws the per-phase view on stderr.
-    pub fn new(config: CorralConfig, live: bool) -> Arc<Self> {
-        let view =
-            live.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)));
+    /// A tally showing `progress` on stderr.
+    pub fn new(config: CorralConfig, progress: Progress) -> Arc<Self> {
+        let view = (progress == Progress::Live)
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)));
         Arc::new(Tally {
             config,
             started: Instant::now(),
+            progress,
+            simulated: AtomicBool::new(false),
             state: Mutex::new(TallyState::default()),
             view,
         })
+    }
+
+    /// Tells whether the simulated provider answers the run.
+    pub fn set_simulated(&self, simulated: bool) {
+        self.simulated.store(simulated, Ordering::Relaxed);
     }
 
     /// Totals per phase, in the order phases appeared.
@@ -95,29 +172,43 @@ impl Tally {
         state
             .order
             .iter()
-            .map(|name| (name.clone(), state.phases[name].clone()))
+            .map(|name| (name.clone(), self.shown(&state.phases[name])))
             .collect()
     }
 
-    /// Removes the live view (before the summary is printed).
+    /// The failed calls by kind, in order of first appearance.
+    pub fn failures(&self) -> Vec<Failures> {
+        self.lock().failures.clone()
+    }
+
+    /// Models that answered calls of the run but have no price.
+    pub fn unpriced(&self) -> BTreeSet<String> {
+        if self.simulated.load(Ordering::Relaxed) {
+            return BTreeSet::new();
+        }
+        self.lock().unpriced.clone()
+    }
+
+    /// Ends the progress (before the summary is printed): removes the live view, or prints the
+    /// failure counts that grew since their last line.
     pub fn finish(&self) {
-        let state = self.lock();
-        for bar in state.bars.values() {
+        let mut state = self.lock();
+        for bar in state.bars.values().chain(&state.failure_bars) {
             bar.finish();
         }
         if let Some(view) = &self.view {
             let _ = view.clear();
         }
+        self.print_failure_counts(&mut state);
     }
 
-    /// Writes a log line above the live view, or plainly.
-    fn println(&self, line: &str) {
-        match &self.view {
-            Some(view) => {
-                let _ = view.println(line);
-            }
-            None => eprintln!("{line}"),
+    /// A phase's tally as shown: under the simulated provider no model's price is missing.
+    fn shown(&self, tally: &PhaseTally) -> PhaseTally {
+        let mut tally = tally.clone();
+        if self.simulated.load(Ordering::Relaxed) {
+            tally.unpriced.clear();
         }
+        tally
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, TallyState> {
@@ -128,7 +219,11 @@ impl Tally {
         if !state.phases.contains_key(phase) {
             state.order.push(phase.to_string());
             if let Some(view) = &self.view {
-                let bar = view.add(ProgressBar::new_spinner());
+                // Phases above the failure lines.
+                let bar = match state.failure_bars.first() {
+                    Some(first) => view.insert_before(first, ProgressBar::new_spinner()),
+                    None => view.add(ProgressBar::new_spinner()),
+                };
                 bar.set_style(ProgressStyle::with_template("{msg}").expect("a valid template"));
                 state.bars.insert(phase.to_string(), bar);
             }
@@ -138,7 +233,69 @@ impl Tally {
 
     fn redraw(&self, state: &TallyState, phase: &str) {
         if let (Some(bar), Some(tally)) = (state.bars.get(phase), state.phases.get(phase)) {
-            bar.set_message(phase_line(phase, tally, self.started.elapsed()));
+            bar.set_message(phase_line(
+                phase,
+                &self.shown(tally),
+                self.started.elapsed(),
+            ));
+        }
+    }
+
+    /// Counts a failed call and shows it: its kind's live line, or a plain line when it is the
+    /// first of its kind or its count reaches a milestone.
+    fn failed(&self, state: &mut TallyState, id: u64, kind: &str, message: &str) {
+        let at = match state.failures.iter().position(|f| f.kind == kind) {
+            Some(at) => {
+                state.failures[at].count += 1;
+                at
+            }
+            None => {
+                state.failures.push(Failures {
+                    kind: kind.to_string(),
+                    count: 1,
+                    first: id,
+                    message: message.to_string(),
+                    printed: 0,
+                });
+                if let Some(view) = &self.view {
+                    let bar = view.add(ProgressBar::new_spinner());
+                    bar.set_style(
+                        ProgressStyle::with_template("   {msg}").expect("a valid template"),
+                    );
+                    state.failure_bars.push(bar);
+                }
+                state.failures.len() - 1
+            }
+        };
+        let failures = &mut state.failures[at];
+        match self.progress {
+            Progress::Quiet => {}
+            Progress::Live => state.failure_bars[at].set_message(failures.line()),
+            Progress::Lines if failures.count == 1 => {
+                failures.printed = 1;
+                eprintln!(
+                    "   agent #{id} failed: {kind} (the first; more {kind} failures are counted, not listed): {}",
+                    short(message)
+                );
+            }
+            Progress::Lines if milestone(failures.count) => {
+                failures.printed = failures.count;
+                eprintln!("   {}", failures.line());
+            }
+            Progress::Lines => {}
+        }
+    }
+
+    /// Plain lines: one line per failure kind whose count grew since its last line.
+    fn print_failure_counts(&self, state: &mut TallyState) {
+        if self.progress != Progress::Lines {
+            return;
+        }
+        for failures in &mut state.failures {
+            if failures.count > failures.printed {
+                failures.printed = failures.count;
+                eprintln!("   {}", failures.line());
+            }
         }
     }
 }
@@ -151,7 +308,7 @@ pub fn phase_line(phase: &str, tally: &PhaseTally, elapsed: Duration) -> String 
         phase
     };
     format!(
-        "{name:<20} {:>4} done {:>3} running {:>4} queued {:>3} failed  {:>9} tok in {:>8} out {:>9} cache-r {:>8} cache-w  ${:.4}  {:.1}s",
+        "{name:<20} {:>4} done {:>3} running {:>4} queued {:>3} failed  {:>9} tok in {:>8} out {:>9} cache-r {:>8} cache-w  {:>7}  {:.1}s",
         tally.done,
         tally.running,
         tally.queued,
@@ -160,7 +317,7 @@ pub fn phase_line(phase: &str, tally: &PhaseTally, elapsed: Duration) -> String 
         tally.usage.output_tokens,
         tally.usage.cache_read_tokens,
         tally.usage.cache_write_tokens,
-        tally.cost,
+        cost_cell(tally.cost, &tally.unpriced),
         elapsed.as_secs_f64(),
     )
 }
@@ -170,15 +327,23 @@ impl EventSink for Tally {
         let mut state = self.lock();
         let phase = match event {
             RunEvent::Phase { title } => {
+                if self.progress == Progress::Lines {
+                    // Failures so far belong above the new phase's heading.
+                    self.print_failure_counts(&mut state);
+                    eprintln!("== {title}");
+                }
                 self.phase_entry(&mut state, title);
                 title.clone()
             }
             RunEvent::RunStarted { .. } | RunEvent::RunFinished { .. } => return,
             RunEvent::Log { message } => {
-                // Without the live view, `PlainLines` prints log lines (or nothing, with -q).
-                drop(state);
-                if self.view.is_some() {
-                    self.println(&format!("   {message}"));
+                match (&self.view, self.progress) {
+                    (Some(view), _) => {
+                        drop(state);
+                        let _ = view.println(format!("   {message}"));
+                    }
+                    (None, Progress::Lines) => eprintln!("   {message}"),
+                    (None, _) => {}
                 }
                 return;
             }
@@ -198,15 +363,14 @@ impl EventSink for Tally {
                 id,
                 phase,
                 error,
+                message,
                 usage,
                 model,
                 replayed,
             } => {
                 let phase = phase.clone().unwrap_or_default();
-                let cost = self
-                    .config
-                    .price(model)
-                    .map_or(0.0, |price| price.cost(usage));
+                // A replayed call was not paid again.
+                let price = (!model.is_empty() && !*replayed).then(|| self.config.price(model));
                 let tally = self.phase_entry(&mut state, &phase);
                 if *replayed {
                     tally.queued = tally.queued.saturating_sub(1);
@@ -218,14 +382,21 @@ impl EventSink for Tally {
                     Some(_) => tally.failed += 1,
                 }
                 tally.usage.add(usage);
-                tally.cost += cost;
-                if let Some(kind) = error
-                    && self.view.is_some()
-                {
-                    let line = format!("   agent #{id} failed: {kind}");
-                    drop(state);
-                    self.println(&line);
-                    state = self.lock();
+                match price {
+                    Some(Some(price)) => tally.cost += price.cost(usage),
+                    Some(None) => {
+                        tally.unpriced.insert(model.clone());
+                        state.unpriced.insert(model.clone());
+                    }
+                    None => {}
+                }
+                if let Some(kind) = error {
+                    self.failed(
+                        &mut state,
+                        *id,
+                        kind,
+                        message.as_deref().unwrap_or_default(),
+                    );
                 }
                 phase
             }

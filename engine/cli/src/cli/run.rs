@@ -1,7 +1,7 @@
 //! `corral run` (and the arguments `corral plan` shares): arguments → [`RunSpec`] → the run
 //! service → progress, result and exit code.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,7 +21,7 @@ use corral_service::{
 };
 use corral_store::{Journal, RunStore};
 
-use super::progress::{JsonLines, PlainLines, Tally};
+use super::progress::{Failures, JsonLines, Progress, Tally};
 use super::{EXIT_HOST, EXIT_LIMIT, EXIT_OVER_BUDGET, EXIT_STOPPED, EXIT_USAGE, EXIT_WORKFLOW};
 
 /// The JavaScript runtime component, bundled so that `corral run x.js` needs nothing else. Built
@@ -169,6 +169,10 @@ pub struct RunArgs {
     /// Default and ceiling of an agent's output tokens per request.
     #[arg(long, default_value_t = defaults().max_output_tokens)]
     pub max_output_tokens: u32,
+    /// Answers a schema'd agent may hand in before it fails (default: `[agents] schema_attempts`
+    /// in corral.toml, else 5).
+    #[arg(long)]
+    pub schema_attempts: Option<u32>,
     /// Largest file `read` returns.
     #[arg(long, default_value_t = Size(defaults().tools.max_read_bytes as usize))]
     pub max_read_bytes: Size,
@@ -328,14 +332,20 @@ pub fn workflow_ref(
 
 /// The run spec the arguments describe.
 pub fn spec(args: &RunArgs, service: &RunService) -> anyhow::Result<RunSpec> {
-    let limits = limits(args);
+    let mut limits = limits(args);
+    if args.schema_attempts.is_none()
+        && let Some(attempts) = service.config().agents.schema_attempts
+    {
+        limits.schema_attempts = attempts;
+    }
     let args_json = match &args.args {
         Some(text) => {
             let value: serde_json::Value = serde_json::from_str(text)
                 .with_context(|| format!("--args is not valid JSON: {text}"))?;
             value.to_string()
         }
-        None => "null".to_string(),
+        // None, which a script sees as `undefined` (and `--args null` as `null`).
+        None => String::new(),
     };
     let root = match &args.root {
         // Absolute, so that the run can be resumed from anywhere.
@@ -375,6 +385,7 @@ pub fn limits(args: &RunArgs) -> RunLimits {
         max_schemas: args.max_schemas,
         max_option_bytes: args.max_option_bytes.0,
         max_output_tokens: args.max_output_tokens,
+        schema_attempts: args.schema_attempts.unwrap_or(defaults().schema_attempts),
         tools: corral_host::tools::ToolLimits {
             max_read_bytes: args.max_read_bytes.0 as u64,
             max_glob_results: args.max_glob_results,
@@ -391,17 +402,22 @@ pub struct Display {
     quiet: bool,
     tally: Arc<Tally>,
     sinks: Vec<Arc<dyn EventSink>>,
+    /// The journaled run's id, once started.
+    run_id: std::sync::Mutex<Option<String>>,
 }
 
 impl Display {
     /// The sinks for `quiet` and `events` (a file, or `-` for stdout).
     pub fn new(config: &CorralConfig, quiet: bool, events: Option<&str>) -> anyhow::Result<Self> {
-        let live = !quiet && std::io::stderr().is_terminal();
-        let tally = Tally::new(config.clone(), live);
+        let progress = if quiet {
+            Progress::Quiet
+        } else if std::io::stderr().is_terminal() {
+            Progress::Live
+        } else {
+            Progress::Lines
+        };
+        let tally = Tally::new(config.clone(), progress);
         let mut sinks: Vec<Arc<dyn EventSink>> = vec![tally.clone()];
-        if !quiet && !live {
-            sinks.push(Arc::new(PlainLines));
-        }
         match events {
             None => {}
             Some("-") => sinks.push(Arc::new(JsonLines::new(Box::new(std::io::stdout())))),
@@ -414,6 +430,7 @@ impl Display {
             quiet,
             tally,
             sinks,
+            run_id: std::sync::Mutex::new(None),
         })
     }
 
@@ -429,6 +446,7 @@ impl Display {
 
     /// Announces a started run.
     pub fn started(&self, handle: &RunHandle, model_flag: bool) {
+        self.tally.set_simulated(handle.provider.simulated);
         if let (Some(plan), Some(budget)) = (&handle.plan, handle.budget) {
             eprintln!(
                 "corral: the plan estimates {} tokens of the {budget}-token budget",
@@ -436,6 +454,7 @@ impl Display {
             );
         }
         announce_provider(&handle.provider, model_flag);
+        *self.run_id.lock().unwrap_or_else(|p| p.into_inner()) = handle.id.clone();
         match (&handle.id, &handle.resumed_from) {
             (Some(id), Some(from)) => eprintln!("corral: run {id} resumes {from}"),
             (Some(id), None) => eprintln!("corral: run {id} (`corral runs show {id}`)"),
@@ -454,7 +473,29 @@ impl Display {
                 );
             }
         }
-        summarize(&outcome.report, outcome.cost);
+        summarize(
+            &outcome.report,
+            outcome.cost,
+            &self.tally.failures(),
+            &self.tally.unpriced(),
+        );
+        if let Err(RunError::Paused(_)) = &outcome.report.outcome {
+            match self
+                .run_id
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_deref()
+            {
+                Some(id) => eprintln!(
+                    "corral: run {id} is paused; once the limit is lifted, continue it with \
+                     `corral runs resume {id}` (finished calls are not paid again)"
+                ),
+                None => eprintln!(
+                    "corral: the run paused, and without a journal it cannot be resumed (run \
+                     it again once the limit is lifted)"
+                ),
+            }
+        }
         finish(outcome.report)
     }
 }
@@ -516,7 +557,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn summarize(report: &RunReport, cost: f64) {
+fn summarize(report: &RunReport, cost: f64, failures: &[Failures], unpriced: &BTreeSet<String>) {
     let agents = &report.agents;
     let budget = report
         .budget_tokens
@@ -526,10 +567,11 @@ fn summarize(report: &RunReport, cost: f64) {
     } else {
         String::new()
     };
-    let cost = if cost > 0.0 {
-        format!(", ${cost:.4}")
-    } else {
-        String::new()
+    let cost = match (unpriced.is_empty(), super::progress::shows(cost)) {
+        (true, true) => format!(", ${cost:.4}"),
+        (true, false) => String::new(),
+        (false, true) => format!(", at least ${cost:.4}"),
+        (false, false) => ", cost unknown".to_string(),
     };
     eprintln!(
         "corral: {} agents ({} ok, {} failed, {} refused{replayed}), {} tokens{budget}{cost}, {:.2}s wall, {:.3}s guest cpu, {:.3}s tools",
@@ -542,6 +584,54 @@ fn summarize(report: &RunReport, cost: f64) {
         report.guest_cpu.as_secs_f64(),
         report.tool_time.as_secs_f64(),
     );
+    if let Some(line) = failures_line(report, failures) {
+        eprintln!("corral: {line}");
+    }
+    if let Some(note) = unpriced_note(unpriced) {
+        eprintln!("corral: {note}");
+    }
+}
+
+/// `failed: 764 budget-exhausted (first #232), 2 timeout (first #7)`: the run's failed calls by
+/// kind, most first, with the first call of each kind the progress saw.
+fn failures_line(report: &RunReport, failures: &[Failures]) -> Option<String> {
+    let mut kinds: Vec<(&str, u64)> = report
+        .agents
+        .failed
+        .iter()
+        .map(|(kind, count)| (*kind, *count))
+        .filter(|(_, count)| *count > 0)
+        .collect();
+    if kinds.is_empty() {
+        return None;
+    }
+    kinds.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let kinds: Vec<String> = kinds
+        .into_iter()
+        .map(
+            |(kind, count)| match failures.iter().find(|f| f.kind == kind) {
+                Some(seen) => format!("{count} {kind} (first #{})", seen.first),
+                None => format!("{count} {kind}"),
+            },
+        )
+        .collect();
+    Some(format!("failed: {}", kinds.join(", ")))
+}
+
+/// Says once which models have no price, and how to give them one.
+fn unpriced_note(models: &BTreeSet<String>) -> Option<String> {
+    let first = models.first()?;
+    Some(if models.len() == 1 {
+        format!(
+            "{first} has no price in corral.toml, so its cost is not counted: add [prices.\"{first}\"] with input and output (dollars per million tokens)"
+        )
+    } else {
+        let names: Vec<&str> = models.iter().map(String::as_str).collect();
+        format!(
+            "{} have no price in corral.toml, so their cost is not counted: add a [prices.\"MODEL\"] table for each, with input and output (dollars per million tokens)",
+            names.join(", ")
+        )
+    })
 }
 
 /// Prints the result (stdout) or the error (stderr) and maps it to the exit code.
@@ -560,7 +650,7 @@ pub fn finish(report: RunReport) -> anyhow::Result<ExitCode> {
                 RunError::Script(_) => EXIT_USAGE,
                 RunError::Limit(_) => EXIT_LIMIT,
                 RunError::Host(_) => EXIT_HOST,
-                RunError::Stopped => EXIT_STOPPED,
+                RunError::Stopped | RunError::Paused(_) => EXIT_STOPPED,
             }))
         }
     }

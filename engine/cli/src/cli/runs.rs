@@ -10,7 +10,7 @@ use corral_host::record::ReusePolicy;
 use corral_service::RunService;
 use corral_store::{RunDetail, RunFilter, format_time};
 
-use super::progress::{PhaseTally, phase_line};
+use super::progress::{PhaseTally, cost_cell, phase_line};
 use super::run::{Display, ServiceArgs, data_dir, open_journal, service, service_failure};
 
 #[derive(Subcommand)]
@@ -238,27 +238,49 @@ fn print_report(detail: &RunDetail, config: &corral_host::config::CorralConfig) 
     if let Some(from) = &detail.resumed_from {
         out!("resumes {from}");
     }
-    out!("provider {}  args {}", detail.provider, detail.args);
+    let args = if detail.args.is_empty() {
+        "(none)"
+    } else {
+        &detail.args
+    };
+    out!("provider {}  args {args}", detail.provider);
     out!();
-    let (phases, all) = corral_service::report::phase_totals(detail, config);
+    let (phases, mut all) = corral_service::report::phase_totals(detail, config);
+    // The simulated provider buys nothing: its models' missing prices are no unknown cost.
+    let simulated = detail.provider == "sim";
+    if simulated {
+        all.unpriced.clear();
+    }
     // Phases without a call have no line in the report.
     for phase in &phases {
         let Some((first, last)) = phase.span_ms else {
             continue;
         };
         let elapsed = Duration::from_millis((last - first).max(0) as u64);
-        out!(
-            "{}",
-            phase_line(&phase.name, &PhaseTally::from(phase), elapsed)
-        );
+        let mut tally = PhaseTally::from(phase);
+        if simulated {
+            tally.unpriced.clear();
+        }
+        out!("{}", phase_line(&phase.name, &tally, elapsed));
     }
     let total = all.usage;
     out!(
-        "total: {} agents, {} tokens, ${:.4}",
+        "total: {} agents, {} tokens, {}",
         detail.calls.len(),
         total.total(),
-        run.cost
+        cost_cell(run.cost, &all.unpriced)
     );
+    if !all.unpriced.is_empty() {
+        let models: Vec<&str> = all.unpriced.iter().map(String::as_str).collect();
+        out!(
+            "({} no price in corral.toml, so {} cost is not counted: add a [prices.\"MODEL\"] table)",
+            match models.as_slice() {
+                [one] => format!("{one} has"),
+                many => format!("{} have", many.join(", ")),
+            },
+            if models.len() == 1 { "its" } else { "their" }
+        );
+    }
     out!();
     out!(
         "{:>5}  {:<28} {:<10} {:>8} {:>7}  result",

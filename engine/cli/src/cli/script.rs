@@ -241,16 +241,42 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
             Ok(()) => out!("check:    ok"),
             Err(error) => out!("check:    {error}"),
         }
-        if let Some(meta) = meta_literal(&script.source) {
-            out!("meta:     {meta}");
+        if let Some(literal) = meta_literal(&script.source) {
+            out!("meta:     {}", collapsed(literal));
+            let meta = literal::parse(literal);
+            let field = |key: &str| meta.as_ref()?.get(key)?.as_str();
+            if let Some(when) = field("whenToUse") {
+                out!("whenToUse: {}", collapsed(when));
+            }
+            let phases = meta
+                .as_ref()
+                .and_then(|m| m.get("phases")?.as_array().cloned());
+            if let Some(phases) = phases.filter(|p| !p.is_empty()) {
+                let shown: Vec<String> = phases
+                    .iter()
+                    .filter_map(|phase| {
+                        let title = phase.get("title")?.as_str()?;
+                        Some(match phase.get("model").and_then(|m| m.as_str()) {
+                            Some(model) => format!("{title} (model {model})"),
+                            None => title.to_owned(),
+                        })
+                    })
+                    .collect();
+                out!("phases:   {}", shown.join(", "));
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// `text` on one line, runs of whitespace as one space.
+fn collapsed(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// The text of `export const meta = {...}` at the top of a script, as written (the runtime
 /// validates it; this only shows it).
-fn meta_literal(source: &str) -> Option<String> {
+fn meta_literal(source: &str) -> Option<&str> {
     let start = source.find("export const meta")?;
     let open = start + source[start..].find('{')?;
     let mut depth = 0usize;
@@ -273,8 +299,7 @@ fn meta_literal(source: &str) -> Option<String> {
                 '}' | ']' => {
                     depth -= 1;
                     if depth == 0 {
-                        let text = &source[open..open + offset + 1];
-                        return Some(text.split_whitespace().collect::<Vec<_>>().join(" "));
+                        return Some(&source[open..open + offset + 1]);
                     }
                 }
                 _ => {}
@@ -288,16 +313,230 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Reads a meta literal (JavaScript: unquoted keys, `'`/`"`/`` ` `` strings, trailing commas,
+/// comments) into JSON, for showing its fields. The runtime is what checks meta; anything this
+/// does not understand is simply not shown.
+mod literal {
+    use serde_json::{Map, Value};
+
+    /// The literal's value, or `None` when it is not a pure literal this reader understands.
+    pub fn parse(text: &str) -> Option<Value> {
+        let mut reader = Reader {
+            chars: text.chars().collect(),
+            at: 0,
+        };
+        let value = reader.value()?;
+        reader.skip_space();
+        (reader.at == reader.chars.len()).then_some(value)
+    }
+
+    struct Reader {
+        chars: Vec<char>,
+        at: usize,
+    }
+
+    impl Reader {
+        fn peek(&self) -> Option<char> {
+            self.chars.get(self.at).copied()
+        }
+
+        fn next(&mut self) -> Option<char> {
+            let c = self.peek()?;
+            self.at += 1;
+            Some(c)
+        }
+
+        fn skip_space(&mut self) {
+            loop {
+                match (self.peek(), self.chars.get(self.at + 1)) {
+                    (Some(c), _) if c.is_whitespace() => self.at += 1,
+                    (Some('/'), Some('/')) => {
+                        while self.peek().is_some_and(|c| c != '\n') {
+                            self.at += 1;
+                        }
+                    }
+                    (Some('/'), Some('*')) => {
+                        self.at += 2;
+                        while self.peek().is_some() && !self.eat_str("*/") {
+                            self.at += 1;
+                        }
+                    }
+                    _ => return,
+                }
+            }
+        }
+
+        fn eat_str(&mut self, s: &str) -> bool {
+            let n = s.chars().count();
+            let found = self.chars.len() >= self.at + n
+                && self.chars[self.at..self.at + n]
+                    .iter()
+                    .copied()
+                    .eq(s.chars());
+            if found {
+                self.at += n;
+            }
+            found
+        }
+
+        fn value(&mut self) -> Option<Value> {
+            self.skip_space();
+            match self.peek()? {
+                '{' => self.object(),
+                '[' => self.array(),
+                q @ ('\'' | '"' | '`') => {
+                    self.at += 1;
+                    self.string(q).map(Value::String)
+                }
+                _ => {
+                    let word = self.word();
+                    match word.as_str() {
+                        "true" => Some(Value::Bool(true)),
+                        "false" => Some(Value::Bool(false)),
+                        "null" => Some(Value::Null),
+                        _ => serde_json::from_str::<serde_json::Number>(&word.replace('_', ""))
+                            .ok()
+                            .map(Value::Number),
+                    }
+                }
+            }
+        }
+
+        /// An identifier, keyword or number.
+        fn word(&mut self) -> String {
+            let start = self.at;
+            while self
+                .peek()
+                .is_some_and(|c| c.is_alphanumeric() || "_$.+-".contains(c))
+            {
+                self.at += 1;
+            }
+            self.chars[start..self.at].iter().collect()
+        }
+
+        fn object(&mut self) -> Option<Value> {
+            self.at += 1;
+            let mut map = Map::new();
+            loop {
+                self.skip_space();
+                let key = match self.peek()? {
+                    '}' => {
+                        self.at += 1;
+                        return Some(Value::Object(map));
+                    }
+                    q @ ('\'' | '"') => {
+                        self.at += 1;
+                        self.string(q)?
+                    }
+                    _ => Some(self.word()).filter(|w| !w.is_empty())?,
+                };
+                self.skip_space();
+                (self.next()? == ':').then_some(())?;
+                let value = self.value()?;
+                map.insert(key, value);
+                self.skip_space();
+                match self.next()? {
+                    ',' => {}
+                    '}' => return Some(Value::Object(map)),
+                    _ => return None,
+                }
+            }
+        }
+
+        fn array(&mut self) -> Option<Value> {
+            self.at += 1;
+            let mut items = Vec::new();
+            loop {
+                self.skip_space();
+                if self.peek()? == ']' {
+                    self.at += 1;
+                    return Some(Value::Array(items));
+                }
+                items.push(self.value()?);
+                self.skip_space();
+                match self.next()? {
+                    ',' => {}
+                    ']' => return Some(Value::Array(items)),
+                    _ => return None,
+                }
+            }
+        }
+
+        /// The rest of a string opened by `quote`, escapes decoded.
+        fn string(&mut self, quote: char) -> Option<String> {
+            let mut out = String::new();
+            loop {
+                let c = self.next()?;
+                match c {
+                    c if c == quote => return Some(out),
+                    '$' if quote == '`' && self.peek() == Some('{') => return None,
+                    '\\' => match self.next()? {
+                        'n' => out.push('\n'),
+                        't' => out.push('\t'),
+                        'r' => out.push('\r'),
+                        'b' => out.push('\u{8}'),
+                        'f' => out.push('\u{c}'),
+                        'v' => out.push('\u{b}'),
+                        '0' => out.push('\0'),
+                        '\n' => {}
+                        'x' => out.push(self.hex_digits(2)?),
+                        'u' if self.peek() == Some('{') => {
+                            self.at += 1;
+                            let start = self.at;
+                            while self.peek().is_some_and(|c| c != '}') {
+                                self.at += 1;
+                            }
+                            let digits: String = self.chars[start..self.at].iter().collect();
+                            self.at += 1;
+                            out.push(char::from_u32(u32::from_str_radix(&digits, 16).ok()?)?);
+                        }
+                        'u' => out.push(self.hex_digits(4)?),
+                        other => out.push(other),
+                    },
+                    c => out.push(c),
+                }
+            }
+        }
+
+        fn hex_digits(&mut self, n: usize) -> Option<char> {
+            let digits: String = self.chars.get(self.at..self.at + n)?.iter().collect();
+            self.at += n;
+            char::from_u32(u32::from_str_radix(&digits, 16).ok()?)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::meta_literal;
+    use super::{literal, meta_literal};
+    use serde_json::json;
+
+    #[test]
+    fn meta_literals_are_read_as_json() {
+        let source = "export const meta = {\n  name: 'x}', // a comment\n  \"description\": \"d \\\"q\\\"\",\n  \
+                      whenToUse: `when\\u0021 \\x41`, /* c */ n: -1.5e2,\n  phases: [{ title: 'A', model: 'haiku' }, \
+                      { title: 'B', }, ],\n}\nreturn 1";
+        assert_eq!(
+            literal::parse(meta_literal(source).unwrap()),
+            Some(json!({
+                "name": "x}",
+                "description": "d \"q\"",
+                "whenToUse": "when! A",
+                "n": -150.0,
+                "phases": [{ "title": "A", "model": "haiku" }, { "title": "B" }],
+            }))
+        );
+        assert_eq!(literal::parse("{ a: `${x}` }"), None);
+        assert_eq!(literal::parse("{ a: b }"), None);
+        assert_eq!(literal::parse("{ a: 1 } + 2"), None);
+    }
 
     #[test]
     fn meta_literals_are_found_whole() {
         let source =
             "export const meta = {\n  name: 'x}',\n  phases: [{ title: 'A' }],\n}\nreturn 1";
         assert_eq!(
-            meta_literal(source).unwrap(),
+            super::collapsed(meta_literal(source).unwrap()),
             "{ name: 'x}', phases: [{ title: 'A' }], }"
         );
         assert_eq!(meta_literal("return 1"), None);

@@ -125,6 +125,7 @@ fn request(schema: Option<Value>) -> AgentRequest {
         schema: schema.map(|s| Arc::new(OutputSchema::from_value(s).unwrap())),
         tools: None,
         max_tokens: 100,
+        output_floor: None,
         max_turns: DEFAULT_MAX_TURNS,
         timeout: None,
     }
@@ -136,6 +137,8 @@ fn context(provider: Arc<dyn Provider>, budget: Option<u64>) -> AgentContext {
         ledger: BudgetLedger::new(budget),
         tools: None,
         events: Arc::new(crate::events::NoEvents),
+        schema_attempts: crate::agent_loop::MAX_SCHEMA_ATTEMPTS,
+        pause: None,
     }
 }
 
@@ -342,8 +345,10 @@ async fn every_attempt_is_charged_what_it_cost() {
     // Refused: nothing; reported: what was reported; unknown: the whole reservation; then the answer.
     assert_eq!(agent.ledger.spent(), 10 + worst_case + 15);
     assert_eq!(agent.ledger.reserved(), 0);
-    assert_eq!(output.usage.input_tokens, 17);
-    assert_eq!(output.usage.output_tokens, 8);
+    // The call's usage says what it was charged: the unknown attempt at its worst case.
+    assert_eq!(output.usage.input_tokens, 17 + worst_case - 100);
+    assert_eq!(output.usage.output_tokens, 8 + 100);
+    assert_eq!(output.usage.total(), agent.ledger.spent());
 }
 
 #[tokio::test(start_paused = true)]
@@ -536,4 +541,89 @@ async fn a_provider_that_over_reports_usage_is_charged_at_the_worst_case() {
     let output = run_agent(&context, &request(None)).await.unwrap();
     assert_eq!(output.usage.total(), 5);
     assert_eq!(lines.0.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_agent_keeps_what_it_was_charged_and_schema_attempts_are_configurable() {
+    let provider = Scripted::new((0..2).map(|_| submit(json!({"real": 1}))).collect());
+    let context = AgentContext {
+        schema_attempts: 2,
+        ..context(provider.clone(), Some(100_000))
+    };
+    let (outcome, conversation) = run_agent_recorded(
+        &context,
+        &request(Some(verdict_schema())),
+        &Arc::new(SharedPrefixes::default()),
+    )
+    .await;
+    let error = outcome.unwrap_err();
+    assert_eq!(error.kind(), "schema-mismatch");
+    assert!(
+        error
+            .to_string()
+            .contains("after 2 attempts (raise --schema-attempts)"),
+        "{error}"
+    );
+    assert_eq!(provider.seen.lock().unwrap().len(), 2);
+    assert_eq!(conversation.spend.usage.total(), 30);
+    assert_eq!(context.ledger.spent(), 30);
+}
+
+#[tokio::test]
+async fn later_requests_are_bounded_by_the_input_tokens_reported_for_the_last_one() {
+    // A long prompt: its bytes bound the first request, and the budget holds just that.
+    let long = AgentRequest {
+        prompt: "find bugs in this: ".to_string() + &"x".repeat(3_000),
+        ..request(Some(verdict_schema()))
+    };
+    let probe = Scripted::new(vec![submit(json!({"real": true}))]);
+    run_agent(&context(probe.clone(), None), &long)
+        .await
+        .unwrap();
+    let first_bytes = probe.seen.lock().unwrap()[0].input_bytes();
+    let budget = first_bytes + 100 + 60;
+
+    // The first answer is invalid and reports 10 input tokens: the correction request is
+    // bounded by those plus what was added, not by the whole conversation's bytes again.
+    let provider = Scripted::new(vec![
+        submit(json!({"real": 1})),
+        submit(json!({"real": true})),
+    ]);
+    let context = context(provider.clone(), Some(budget));
+    let output = run_agent(&context, &long).await.unwrap();
+    assert_eq!(output.json, Some(json!({"real": true})));
+    let seen = provider.seen.lock().unwrap();
+    assert!(
+        seen[1].input_bytes() + 100 > budget - 15,
+        "the second request's bytes alone would not have fitted"
+    );
+    assert_eq!(context.ledger.spent(), 30);
+}
+
+#[tokio::test]
+async fn a_call_naming_no_max_tokens_has_its_ceiling_lowered_to_what_the_budget_covers() {
+    let provider = Scripted::new(vec![text("short"), text("again")]);
+    let context = context(provider.clone(), Some(5_000));
+    let unnamed = AgentRequest {
+        max_tokens: 8_192,
+        output_floor: Some(MIN_OUTPUT_TOKENS),
+        ..request(None)
+    };
+    run_agent(&context, &unnamed).await.unwrap();
+    let first = provider.seen.lock().unwrap()[0].clone();
+    assert_eq!(
+        u64::from(first.max_tokens),
+        5_000 - first.input_bytes(),
+        "lowered to what the budget could hold"
+    );
+    // Named, the same ceiling is refused rather than lowered.
+    let named = AgentRequest {
+        output_floor: None,
+        ..unnamed.clone()
+    };
+    let error = run_agent(&context, &named).await.unwrap_err();
+    assert_eq!(error.kind(), "budget-exhausted");
+    assert_eq!(provider.seen.lock().unwrap().len(), 1);
+    run_agent(&context, &unnamed).await.unwrap();
+    assert!(context.ledger.spent() <= 5_000);
 }

@@ -120,6 +120,11 @@ impl RunState {
             schema,
             tools: options.tools,
             max_tokens,
+            // A call that names no maxTokens lets the budget lower its ceiling to what remains.
+            output_floor: options
+                .max_tokens
+                .is_none()
+                .then(|| agent_loop::MIN_OUTPUT_TOKENS.min(max_tokens)),
             max_turns: options.max_turns.unwrap_or(DEFAULT_MAX_TURNS),
             timeout: options
                 .timeout_ms

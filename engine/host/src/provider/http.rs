@@ -185,11 +185,7 @@ impl HttpClient {
         if code == 429 && detail.is_spend_limit() {
             let message =
                 format!("{message} (a spend limit or quota is exhausted; retrying will not help)");
-            return ProviderError::Fatal {
-                provider,
-                message,
-                spent: Spent::Nothing,
-            };
+            return ProviderError::UsageLimit { provider, message };
         }
         if matches!(code, 408 | 409 | 429 | 529) || status.is_server_error() {
             return ProviderError::Transient {
@@ -392,7 +388,7 @@ mod tests {
         let spend = r#"{"error":{"type":"insufficient_quota","message":"no money"}}"#;
         assert!(matches!(
             client.status_error(StatusCode::TOO_MANY_REQUESTS, &headers, spend),
-            ProviderError::Fatal { .. }
+            ProviderError::UsageLimit { .. }
         ));
         let mut ms = HeaderMap::new();
         ms.insert("retry-after-ms", HeaderValue::from_static("250"));

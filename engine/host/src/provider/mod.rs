@@ -239,7 +239,7 @@ pub enum ProviderError {
         /// What the attempt may have cost.
         spent: Spent,
     },
-    /// Not worth retrying (bad request, authentication, spend limits).
+    /// Not worth retrying (bad request, authentication).
     #[error("{provider}: {message}")]
     Fatal {
         /// Provider name.
@@ -248,6 +248,16 @@ pub enum ProviderError {
         message: String,
         /// What the attempt may have cost.
         spent: Spent,
+    },
+    /// The account's usage or spend limit is reached: no request succeeds until someone lifts
+    /// it, so a run pauses (to be resumed) rather than failing its agents one by one. Refused
+    /// requests are not billed.
+    #[error("{provider}: {message}")]
+    UsageLimit {
+        /// Provider name.
+        provider: String,
+        /// What the provider said.
+        message: String,
     },
 }
 
@@ -275,6 +285,7 @@ impl ProviderError {
     pub fn spent(&self) -> Spent {
         match self {
             ProviderError::Transient { spent, .. } | ProviderError::Fatal { spent, .. } => *spent,
+            ProviderError::UsageLimit { .. } => Spent::Nothing,
         }
     }
 }

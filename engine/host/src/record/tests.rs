@@ -13,6 +13,7 @@ fn request(prompt: &str) -> AgentRequest {
         schema: None,
         tools: None,
         max_tokens: 100,
+        output_floor: None,
         max_turns: 4,
         timeout: None,
     }

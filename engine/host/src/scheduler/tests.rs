@@ -11,6 +11,8 @@ fn scheduler(provider: Arc<SimProvider>, max_concurrent: usize, max_agents: u64)
         ledger: BudgetLedger::new(None),
         tools: None,
         events: Arc::new(NoEvents),
+        schema_attempts: crate::agent_loop::MAX_SCHEMA_ATTEMPTS,
+        pause: None,
     };
     AgentScheduler::new(context, max_concurrent, max_agents, Arc::new(NoEvents))
 }
@@ -18,6 +20,7 @@ fn scheduler(provider: Arc<SimProvider>, max_concurrent: usize, max_agents: u64)
 fn request(prompt: &str) -> AgentRequest {
     AgentRequest {
         max_tokens: 64,
+        output_floor: None,
         max_turns: 4,
         ..AgentRequest::new(prompt)
     }
@@ -118,6 +121,8 @@ async fn a_panic_in_an_agent_fails_that_call_at_once() {
         ledger: BudgetLedger::new(Some(1_000_000)),
         tools: None,
         events: Arc::new(NoEvents),
+        schema_attempts: crate::agent_loop::MAX_SCHEMA_ATTEMPTS,
+        pause: None,
     };
     let mut scheduler = AgentScheduler::new(context, 4, 10, Arc::new(NoEvents));
     let id = scheduler.start(request("x")).unwrap();
@@ -133,4 +138,30 @@ async fn a_panic_in_an_agent_fails_that_call_at_once() {
         "{error}"
     );
     assert_eq!(scheduler.stats().failed_total(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_that_fit_one_after_another_all_finish_under_a_budget_too_small_for_all_at_once() {
+    let provider = Arc::new(SimProvider::new(Duration::from_millis(20)));
+    let prompt = |i: usize| format!("audit file {i}:\n{}", "let x = 1;\n".repeat(200));
+    let worst = AgentRequest::new(prompt(0)).prompt.len() as u64 + 64 + 400;
+    // Room for one worst case and a half: three at once would starve each other.
+    let budget = worst * 3 / 2;
+    let context = AgentContext {
+        provider: provider.clone(),
+        ledger: BudgetLedger::new(Some(budget)),
+        tools: None,
+        events: Arc::new(NoEvents),
+        schema_attempts: crate::agent_loop::MAX_SCHEMA_ATTEMPTS,
+        pause: None,
+    };
+    let ledger = Arc::clone(&context.ledger);
+    let mut scheduler = AgentScheduler::new(context, 16, 1000, Arc::new(NoEvents));
+    let ids: Vec<u64> = (0..3)
+        .map(|i| scheduler.start(request(&prompt(i))).unwrap())
+        .collect();
+    let done = wait_all(&mut scheduler, ids).await;
+    assert!(done.iter().all(|(_, outcome)| outcome.is_ok()), "{done:?}");
+    assert!(ledger.spent() <= budget);
+    assert_eq!(provider.peak_in_flight(), 1, "they took turns");
 }

@@ -13,6 +13,7 @@ fn request(prompt: &str) -> AgentRequest {
         schema: None,
         tools: None,
         max_tokens: 100,
+        output_floor: None,
         max_turns: 4,
         timeout: None,
     }
@@ -60,10 +61,25 @@ fn a_run_and_its_calls_round_trip() {
             .call_queued(seq, described, &request(prompt), "sim-default");
     }
     let recorder = journal.recorder(&run);
-    recorder.call_finished(1, &Ok(output("first")), false, Some(now_ms()), None);
+    let first = output("first");
+    recorder.call_finished(
+        1,
+        &Ok(first.clone()),
+        &first.usage,
+        false,
+        Some(now_ms()),
+        None,
+    );
+    // A failed call keeps what it was charged.
+    let charged = Usage {
+        input_tokens: 70,
+        output_tokens: 5,
+        ..Usage::default()
+    };
     recorder.call_finished(
         2,
         &Err(AgentError::Timeout("slow".into())),
+        &charged,
         false,
         None,
         Some("[conversation]".into()),
@@ -110,6 +126,7 @@ fn a_run_and_its_calls_round_trip() {
     assert_eq!(detail.calls[0].status, CallStatus::Ok);
     assert_eq!(detail.calls[0].label.as_deref(), Some("label a"));
     assert_eq!(detail.calls[1].error_kind.as_deref(), Some("timeout"));
+    assert_eq!(detail.calls[1].usage, charged);
     assert_eq!(
         detail.events,
         vec![

@@ -106,7 +106,8 @@ impl Workflow {
         };
         let started = context.with(|ctx| -> Result<_, Ending> {
             let thrown = |e: rquickjs::Error| Ending::Failed(error_parts(&ctx, e, &path));
-            let api = install(&ctx, &self.state, realm).map_err(thrown)?;
+            let meta = Rc::new(ScriptMeta::new(prepared.meta.as_ref()));
+            let api = install(&ctx, &self.state, realm, meta).map_err(thrown)?;
             let args = match &args_json {
                 None => Value::new_undefined(ctx.clone()),
                 Some(json) => host_json(&ctx, json).map_err(|refusal| {

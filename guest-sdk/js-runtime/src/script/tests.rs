@@ -154,6 +154,16 @@ impl Host for FakeHost {
         if pattern == "[" {
             return Err(ToolError::InvalidInput("unclosed [".to_owned()));
         }
+        // `dir/*.js`: the scripts directly in `dir` (how `workflow(name)` looks for a meta.name).
+        if let Some(dir) = pattern.strip_suffix("/*.js") {
+            return Ok(self
+                .files
+                .keys()
+                .filter_map(|p| p.strip_prefix(dir)?.strip_prefix('/').map(|rest| (p, rest)))
+                .filter(|(_, rest)| rest.ends_with(".js") && !rest.contains('/'))
+                .map(|(p, _)| (*p).to_owned())
+                .collect());
+        }
         Ok(self
             .files
             .keys()
@@ -452,7 +462,7 @@ fn rule_05_args() {
         "2"
     );
     assert_eq!(
-        run_on(&host, "return typeof args", "null").unwrap(),
+        run_on(&host, "return typeof args", "").unwrap(),
         "\"undefined\""
     );
     assert!(
@@ -594,6 +604,31 @@ fn rule_07_parallel_keeps_order_and_turns_failures_into_null() {
             .any(|l| l == "parallel failed for item 1, which becomes null: Error: no"),
         "{:?}",
         host.logs()
+    );
+}
+
+#[test]
+fn rule_07_a_batch_logs_the_first_failure_of_each_kind_and_counts_the_rest() {
+    let host = Rc::new(FakeHost::new(echo()));
+    let result = run_on(
+        &host,
+        "const spent = () => { const e = new Error('token budget exhausted'); e.code = 'budget-exhausted'; throw e }\n\
+         const out = await parallel([...Array.from({ length: 500 }, () => spent), () => { throw new TypeError('bad') }, () => 1])\n\
+         await pipeline([1, 2, 3], (x) => { if (x > 1) throw new RangeError('big') ; return x })\n\
+         return out.filter((x) => x === null).length",
+        "null",
+    )
+    .unwrap();
+    assert_eq!(result, "501");
+    assert_eq!(
+        host.logs(),
+        [
+            "parallel failed for item 0, which becomes null: Error [budget-exhausted]: token budget exhausted",
+            "parallel failed for item 500, which becomes null: TypeError: bad",
+            "parallel failed for 499 more items with budget-exhausted (as item 0 did), which become null",
+            "pipeline stage 1 failed for item 1, which becomes null: RangeError: big",
+            "pipeline stage 1 failed for 1 more item with RangeError (as item 1 did), which becomes null",
+        ]
     );
 }
 
@@ -919,8 +954,16 @@ fn rule_12_workflow_errors_name_the_file() {
     assert!(
         error.starts_with(
             "WorkflowError [not-found]: workflow(\"missing\"): no such workflow in the run's root \
-             (looked for workflows/missing.js, missing.js)"
+             (looked for .corral/workflows/missing.js, .claude/workflows/missing.js, \
+             workflows/missing.js, a script whose meta.name is \"missing\" in .corral/workflows/, \
+             .claude/workflows/, workflows/); save it in one of those directories, or pass \
+             { scriptPath: 'path/from/the/root.js' }"
         ),
+        "{error}"
+    );
+    let error = run_on(&host, "await workflow('gone.js')", "null").unwrap_err();
+    assert!(
+        error.contains(".claude/workflows/, workflows/, gone.js); save it"),
         "{error}"
     );
     let error = run_on(&host, "await workflow('broken.js')", "null").unwrap_err();
@@ -943,6 +986,306 @@ fn rule_12_workflow_errors_name_the_file() {
     )
     .unwrap_err();
     assert!(error.contains("args must be JSON-serialisable"), "{error}");
+}
+
+/// A host whose root holds saved workflows in every directory `workflow(name)` looks in.
+fn host_with_saved_workflows() -> Rc<FakeHost> {
+    let mut fake = FakeHost::new(echo());
+    let returns = |name: &'static str| -> &'static str {
+        Box::leak(
+            format!(
+                "export const meta = {{ name: '{name}', description: 'd' }}\n\
+                 return {{ from: '{name}', args: args === undefined ? 'undefined' : args }}"
+            )
+            .into_boxed_str(),
+        )
+    };
+    for (path, meta_name) in [
+        (".corral/workflows/review.js", "corral-review"),
+        (".claude/workflows/review.js", "claude-review"),
+        (".claude/workflows/triage-v2.js", "triage"),
+        ("workflows/review.js", "plain-review"),
+        ("workflows/audit.js", "audit-files"),
+        ("workflows/zz-audit.js", "audit-files"),
+        ("tools/deep/helper.js", "helper"),
+        ("local.js", "local"),
+    ] {
+        fake.files.insert(path, returns(meta_name));
+    }
+    fake.files
+        .insert("workflows/broken.js", "import x from 'y'");
+    Rc::new(fake)
+}
+
+#[test]
+fn rule_16_workflow_takes_a_script_path_or_a_saved_name() {
+    let host = host_with_saved_workflows();
+    let result = run_on(
+        &host,
+        "return await Promise.all([\n\
+           workflow({ scriptPath: 'tools/deep/helper.js' }, { n: 1 }),\n\
+           workflow('tools/deep/helper.js'),\n\
+           workflow('review'),\n\
+           workflow('review.js'),\n\
+           workflow('triage'),\n\
+           workflow('audit-files'),\n\
+           workflow('local.js'),\n\
+         ])",
+        "",
+    )
+    .unwrap();
+    let result: serde_json::Value = serde_json::from_str(&result).unwrap();
+    assert_eq!(
+        result,
+        serde_json::json!([
+            { "from": "helper", "args": { "n": 1 } },
+            { "from": "helper", "args": "undefined" },
+            // By file name, .corral/workflows/ first.
+            { "from": "corral-review", "args": "undefined" },
+            { "from": "corral-review", "args": "undefined" },
+            // By meta.name when no file has the name; the first directory's first file wins.
+            { "from": "triage", "args": "undefined" },
+            { "from": "audit-files", "args": "undefined" },
+            // A `.js` name that no directory holds is still a file at the root.
+            { "from": "local", "args": "undefined" },
+        ])
+    );
+
+    // A name never reaches outside the directories: `helper` is only a scriptPath.
+    let error = run_on(&host, "await workflow('helper')", "").unwrap_err();
+    assert!(
+        error.starts_with("WorkflowError [not-found]: workflow(\"helper\"): no such workflow"),
+        "{error}"
+    );
+    let error = run_on(&host, "await workflow({ scriptPath: 'nope.js' })", "").unwrap_err();
+    assert!(
+        error.starts_with("ToolError [not-found]: workflow({ scriptPath: \"nope.js\" }): "),
+        "{error}"
+    );
+    let error = run_on(&host, "await workflow({ scriptPath: '../x.js' })", "").unwrap_err();
+    assert!(
+        error.starts_with("ToolError [denied]: workflow({ scriptPath: \"../x.js\" }): "),
+        "{error}"
+    );
+    let error = run_on(&host, "await workflow('broken')", "").unwrap_err();
+    assert!(
+        error.contains(
+            "[invalid-script]: workflow(\"broken\"): the workflow cannot run; fix it and try \
+             again:\nworkflows/broken.js:1:1: `import` is not supported"
+        ),
+        "{error}"
+    );
+    for (call, expected) in [
+        (
+            "workflow({ path: 'x.js' })",
+            "TypeError: workflow({ scriptPath }, args): scriptPath must be a string, not undefined",
+        ),
+        (
+            "workflow(42)",
+            "TypeError: workflow(nameOrPath, args): the first argument must be a workflow's name, a path relative to the root, or { scriptPath }, not number",
+        ),
+        (
+            "workflow(null)",
+            "TypeError: workflow(nameOrPath, args): the first argument must be a workflow's name, a path relative to the root, or { scriptPath }, not null",
+        ),
+    ] {
+        let error = run_on(&host, &format!("await {call}"), "").unwrap_err();
+        assert!(error.starts_with(expected), "{call}: {error}");
+    }
+}
+
+#[test]
+fn rule_16_a_nested_workflow_cannot_nest_by_script_path_either() {
+    let mut fake = Rc::into_inner(host_with_saved_workflows()).unwrap();
+    fake.files.insert(
+        "nests.js",
+        "return await workflow({ scriptPath: 'local.js' })",
+    );
+    let host = Rc::new(fake);
+    let error = run_on(&host, "return await workflow('nests.js')", "").unwrap_err();
+    assert!(
+        error.starts_with(
+            "WorkflowError [nesting]: workflow({ scriptPath: \"local.js\" }): workflows nest one \
+             level only"
+        ),
+        "{error}"
+    );
+}
+
+/// The model each started agent was given, by prompt.
+fn models(host: &FakeHost) -> Vec<(String, Option<String>)> {
+    host.started
+        .borrow()
+        .values()
+        .map(|(prompt, options)| (prompt.clone(), options.model.clone()))
+        .collect()
+}
+
+#[test]
+fn rule_16_a_phase_model_is_the_default_model_of_its_agents() {
+    let host = Rc::new(FakeHost::new(echo()));
+    let source = "export const meta = { name: 'n', description: 'd', phases: [\n\
+                    { title: 'Review', model: 'opus' }, { title: 'Verify', model: 'haiku' }, { title: 'Report' }] }\n\
+                  await agent('before any phase')\n\
+                  phase('Review')\n\
+                  await agent('in review')\n\
+                  await agent('in review, own model', { model: 'sonnet' })\n\
+                  await agent('in review, model null', { model: null })\n\
+                  await agent('verify by option', { phase: 'Verify' })\n\
+                  phase('Report')\n\
+                  await agent('in report')\n\
+                  await agent('review by option', { phase: 'Review' })\n";
+    run_on(&host, source, "").unwrap();
+    let some = |m: &str| Some(m.to_owned());
+    assert_eq!(
+        models(&host),
+        [
+            ("before any phase".to_owned(), None),
+            ("in review".to_owned(), some("opus")),
+            ("in review, own model".to_owned(), some("sonnet")),
+            ("in review, model null".to_owned(), some("opus")),
+            ("verify by option".to_owned(), some("haiku")),
+            ("in report".to_owned(), None),
+            ("review by option".to_owned(), some("opus")),
+        ]
+    );
+    // Phases are not the agent's to name: the host still puts them in the current one.
+    assert_eq!(host.started.borrow()[&2].1.phase, None);
+
+    // Each script's own meta: a nested workflow's phases give its agents their models, and the
+    // run's current phase is the last one entered in any of them.
+    let mut fake = FakeHost::new(echo());
+    fake.files.insert(
+        "workflows/child.js",
+        "export const meta = { name: 'child', description: 'd', phases: [{ title: 'Review', model: 'child-model' }] }\n\
+         phase('Review')\n\
+         return await agent('child in review')",
+    );
+    let host = Rc::new(fake);
+    let source = "export const meta = { name: 'n', description: 'd', phases: [{ title: 'Review', model: 'parent-model' }] }\n\
+                  await workflow('child')\n\
+                  await agent('parent after the child')";
+    run_on(&host, source, "").unwrap();
+    assert_eq!(
+        models(&host),
+        [
+            ("child in review".to_owned(), Some("child-model".to_owned())),
+            (
+                "parent after the child".to_owned(),
+                Some("parent-model".to_owned())
+            ),
+        ]
+    );
+}
+
+#[test]
+fn rule_16_a_phase_missing_from_meta_phases_is_warned_about_once() {
+    let host = Rc::new(FakeHost::new(echo()));
+    let source = "export const meta = { name: 'n', description: 'd', phases: [{ title: 'Review' }, { title: 'Verify' }] }\n\
+                  for (const title of ['Review', 'Deploy', 'Verify', 'Deploy', 'Cleanup', 'Deploy']) phase(title)";
+    run_on(&host, source, "").unwrap();
+    let warning = |title: &str| {
+        format!(
+            "log phase({title:?}): this title is not in meta.phases (it lists \"Review\", \
+             \"Verify\"); add {{ title: {title:?} }} to meta.phases so that plans and progress \
+             know the phase, or use one of its titles"
+        )
+    };
+    assert_eq!(
+        host.events(),
+        [
+            "phase Review".to_owned(),
+            "phase Deploy".to_owned(),
+            warning("Deploy"),
+            "phase Verify".to_owned(),
+            "phase Deploy".to_owned(),
+            "phase Cleanup".to_owned(),
+            warning("Cleanup"),
+            "phase Deploy".to_owned(),
+        ]
+    );
+    // Without meta.phases (or without meta) there is nothing to compare with.
+    for source in [
+        "phase('Anything')",
+        "export const meta = { name: 'n', description: 'd' }\nphase('Anything')",
+    ] {
+        let host = Rc::new(FakeHost::new(echo()));
+        run_on(&host, source, "").unwrap();
+        assert_eq!(host.events(), ["phase Anything"], "{source}");
+    }
+    // `phases: []` lists none: every title is warned about.
+    let host = Rc::new(FakeHost::new(echo()));
+    run_on(
+        &host,
+        "export const meta = { name: 'n', description: 'd', phases: [] }\nphase('A')",
+        "",
+    )
+    .unwrap();
+    assert!(
+        host.logs()[0].contains("(it lists none)"),
+        "{:?}",
+        host.logs()
+    );
+}
+
+#[test]
+fn rule_15_agent_type_and_isolation_are_not_implemented_and_are_ignored_once_with_a_log_line() {
+    let host = Rc::new(FakeHost::new(echo()));
+    let source = "const a = await agent('one', { agentType: 'reviewer', isolation: 'worktree' })\n\
+                  const b = await agent('two', { agentType: 'reviewer' })\n\
+                  return [a, b]";
+    assert_eq!(
+        run_on(&host, source, "").unwrap(),
+        "[\"echo: one\",\"echo: two\"]"
+    );
+    let options =
+        "(options: label, phase, model, effort, schema, tools, maxTokens, maxTurns, timeoutMs)";
+    assert_eq!(
+        host.logs(),
+        [
+            format!("agent(): unknown option `agentType` is ignored {options}"),
+            format!("agent(): unknown option `isolation` is ignored {options}"),
+        ]
+    );
+}
+
+#[test]
+fn rule_17_and_18_writing_and_running_tools_do_not_exist_yet() {
+    assert_eq!(
+        ok(
+            "return ['write', 'edit', 'remove', 'revert', 'changes', 'run'].map((f) => typeof tools[f])"
+        ),
+        "[\"undefined\",\"undefined\",\"undefined\",\"undefined\",\"undefined\",\"undefined\"]"
+    );
+    let error = err("tools.write('a.txt', 'x')");
+    assert!(error.starts_with("TypeError: not a function"), "{error}");
+}
+
+#[test]
+fn rule_19_args_are_exactly_as_given() {
+    let host = Rc::new(FakeHost::new(echo()));
+    let shape = "return args === undefined ? 'undefined' : args === null ? 'null' : args";
+    // The host passes empty text when the run has no arguments.
+    assert_eq!(run_on(&host, shape, "").unwrap(), "\"undefined\"");
+    assert_eq!(run_on(&host, shape, " \n").unwrap(), "\"undefined\"");
+    assert_eq!(run_on(&host, shape, "null").unwrap(), "\"null\"");
+    assert_eq!(run_on(&host, shape, " null ").unwrap(), "\"null\"");
+    assert_eq!(run_on(&host, shape, "0").unwrap(), "0");
+    assert_eq!(run_on(&host, shape, "false").unwrap(), "false");
+    assert_eq!(run_on(&host, shape, "\"\"").unwrap(), "\"\"");
+    // A nested workflow's args likewise: none is `undefined`, `null` is `null`.
+    let mut fake = FakeHost::new(echo());
+    fake.files.insert("workflows/shape.js", shape);
+    let host = Rc::new(fake);
+    assert_eq!(
+        run_on(
+            &host,
+            "return [await workflow('shape'), await workflow('shape', null), await workflow('shape', undefined), await workflow('shape', 0)]",
+            "",
+        )
+        .unwrap(),
+        "[\"undefined\",\"null\",\"undefined\",0]"
+    );
 }
 
 #[test]
