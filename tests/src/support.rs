@@ -241,3 +241,34 @@ pub fn corral() -> Command {
         .env_remove("CORRAL_CONFIG");
     command
 }
+
+/// What one `corral` invocation said: its exit code, stdout and stderr.
+pub struct Said {
+    /// The exit code (`None` when killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs `corral ARGS --data-dir DATA` in `dir`, with the corral.toml of `dir` (never one named
+/// by the environment) and `env` set.
+pub fn corral_in(dir: &Path, data: &Path, env: &[(&str, &str)], args: &[&str]) -> Said {
+    let mut command = corral();
+    command
+        .current_dir(dir)
+        .env_remove("CORRAL_CONFIG")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().expect("corral runs");
+    Said {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}

@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 use tests::fake_llm::{FakeLlm, Protocol, Reply};
-use tests::support::{Run, corral, js_runtime, result, sim};
+use tests::support::{Run, corral, corral_in, js_runtime, result, sim};
 
 async fn js(source: &str, run: Run) -> corral_host::RunReport {
     run.script("budget.js", source).run(&js_runtime()).await
@@ -143,19 +143,8 @@ fn a_failed_agents_tokens_are_in_its_record_its_phase_and_its_events() {
     .unwrap();
     let data = dir.path().join("data");
     let cli = |args: &[&str]| {
-        let output = corral()
-            .current_dir(dir.path())
-            .env_remove("CORRAL_CONFIG")
-            .args(args)
-            .arg("--data-dir")
-            .arg(&data)
-            .output()
-            .unwrap();
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        let said = corral_in(dir.path(), &data, &[], args);
+        (said.code, said.stdout, said.stderr)
     };
     let (code, stdout, stderr) = cli(&["run", "verify.js", "--events", "events.jsonl"]);
     assert_eq!(code, Some(0), "{stderr}");

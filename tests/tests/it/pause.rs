@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 use tests::fake_llm::{Failure, FakeLlm, Protocol, Reply};
-use tests::support::corral;
+use tests::support::corral_in;
 
 const WORKFLOW: &str = "\
 phase('Scan')
@@ -35,20 +35,8 @@ fn a_spend_limit_pauses_the_run_and_resume_continues_it_without_paying_twice() {
         std::fs::write(dir.path().join("scan.js"), WORKFLOW).unwrap();
         let data = dir.path().join("data");
         let cli = |args: &[&str]| {
-            let output = corral()
-                .current_dir(dir.path())
-                .env_remove("CORRAL_CONFIG")
-                .env("FAKE_KEY", "k")
-                .args(args)
-                .arg("--data-dir")
-                .arg(&data)
-                .output()
-                .unwrap();
-            (
-                output.status.code(),
-                String::from_utf8_lossy(&output.stdout).into_owned(),
-                String::from_utf8_lossy(&output.stderr).into_owned(),
-            )
+            let said = corral_in(dir.path(), &data, &[("FAKE_KEY", "k")], args);
+            (said.code, said.stdout, said.stderr)
         };
 
         let (code, _, stderr) = cli(&["run", "scan.js", "--events", "events.jsonl"]);
