@@ -5,6 +5,16 @@
 //! engines ignore custom sections, so the file stays a valid component with the runtime's imports
 //! and exports; Corral finds the section at load time and feeds the script to the runtime's
 //! `load` before `run`. Nothing here knows which language the runtime speaks.
+//!
+//! [`policy`] is the manifest a component may carry (`corral:policy`), [`signed`] its signature
+//! (`corral:signature`), [`minisign`] the key and signature files. None of the three sections
+//! changes code: [`code`] drops them all, so the compile cache is keyed by the code alone.
+
+pub mod minisign;
+pub mod policy;
+pub mod signed;
+
+use std::borrow::Cow;
 
 use serde_json::{Value, json};
 
@@ -57,6 +67,54 @@ pub fn embed_script(component: &[u8], script: &Script) -> Result<Vec<u8>, Artifa
     );
     out.extend_from_slice(&body);
     Ok(out)
+}
+
+/// The sections Corral adds to a component, none of which is code.
+const CORRAL_SECTIONS: [&str; 3] = [
+    SCRIPT_SECTION,
+    signed::POLICY_SECTION,
+    signed::SIGNATURE_SECTION,
+];
+
+/// What the compiler sees of `component`: without its script, policy and signature, so a built
+/// script shares its runtime's compiled code, and signing or re-signing a component never
+/// invalidates its cache entry. Borrowed when there is nothing to drop.
+pub fn code(component: &[u8]) -> Result<Cow<'_, [u8]>, ArtifactError> {
+    let has_ours = sections(component)?.iter().any(|(_, s)| {
+        s.name
+            .as_deref()
+            .is_some_and(|n| CORRAL_SECTIONS.contains(&n))
+    });
+    Ok(if has_ours {
+        Cow::Owned(without_sections(component, &CORRAL_SECTIONS)?)
+    } else {
+        Cow::Borrowed(component)
+    })
+}
+
+/// `component` without the custom sections named `names`.
+fn without_sections(component: &[u8], names: &[&str]) -> Result<Vec<u8>, ArtifactError> {
+    let mut out = header(component)?.to_vec();
+    for (range, section) in sections(component)? {
+        if !section.name.as_deref().is_some_and(|n| names.contains(&n)) {
+            out.extend_from_slice(&component[range]);
+        }
+    }
+    Ok(out)
+}
+
+/// Appends a custom section `name` holding `payload`.
+fn push_section(out: &mut Vec<u8>, name: &str, payload: &[u8]) -> Result<(), ArtifactError> {
+    let mut body = Vec::with_capacity(name.len() + payload.len() + 5);
+    write_leb(&mut body, name.len() as u32);
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(payload);
+    out.push(0);
+    let size = u32::try_from(body.len())
+        .map_err(|_| ArtifactError(format!("the {name} section is too large")))?;
+    write_leb(out, size);
+    out.extend_from_slice(&body);
+    Ok(())
 }
 
 /// `component` without its embedded script: what the compiler sees (custom sections do not change

@@ -21,5 +21,5 @@ pub mod tools;
 
 pub use artifact::Script;
 pub use limits::{LimitExceeded, RunLimits};
-pub use run::{RunError, RunOptions, RunReport, Shared, StopSignal};
+pub use run::{AgentStops, RunError, RunOptions, RunReport, Shared, StopSignal};
 pub use runtime::{LoadError, Runtime, RuntimeConfig, Workflow};

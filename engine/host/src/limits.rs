@@ -53,6 +53,35 @@ pub struct RunLimits {
     pub schema_attempts: u32,
     /// Limits of the read/glob/grep/git tools.
     pub tools: ToolLimits,
+    /// What a workflow's embedded policy grants (`corral:policy`); by default everything.
+    pub grants: Grants,
+}
+
+/// Grants a workflow's policy narrows a run to. `None` restricts nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Grants {
+    /// Tools agents and the workflow itself may use (`read`, `glob`, `grep`, `git`); a call
+    /// asking for another fails `denied`.
+    pub tools: Option<Vec<String>>,
+    /// Models agent calls may name; a call naming another fails `denied`.
+    pub models: Option<Vec<String>>,
+}
+
+impl Grants {
+    /// Whether `tool` is granted.
+    pub fn tool(&self, tool: &str) -> bool {
+        self.tools
+            .as_ref()
+            .is_none_or(|tools| tools.iter().any(|t| t == tool))
+    }
+
+    /// Whether `model` may be named.
+    pub fn model(&self, model: &str) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|models| models.iter().any(|m| m == model))
+    }
 }
 
 impl Default for RunLimits {
@@ -74,6 +103,7 @@ impl Default for RunLimits {
             max_output_tokens: 8192,
             schema_attempts: crate::agent_loop::MAX_SCHEMA_ATTEMPTS,
             tools: ToolLimits::default(),
+            grants: Grants::default(),
         }
     }
 }

@@ -42,13 +42,37 @@ pub struct RunOptions {
     pub load_only: bool,
 }
 
-/// What a run shares with other runs (a tenant's quotas, a process-wide slot pool).
+/// What a run shares with other runs (a tenant's quotas, a process-wide slot pool) and with
+/// the front end that started it.
 #[derive(Default, Clone)]
 pub struct Shared {
     /// Ledgers every provider request also reserves in (e.g. a tenant's daily tokens).
     pub budgets: Vec<Arc<BudgetLedger>>,
     /// Slots every agent call also holds while it runs.
     pub slots: Option<Arc<dyn crate::scheduler::SlotGate>>,
+    /// Where the run puts the handle that stops one of its calls from outside.
+    pub agent_stops: Option<Arc<AgentStops>>,
+}
+
+/// The handle that stops single calls of a run (`corral runs stop ID --agent N`), once the run
+/// has started.
+#[derive(Default)]
+pub struct AgentStops(std::sync::Mutex<Option<crate::scheduler::AgentStopper>>);
+
+impl AgentStops {
+    /// Stops call `id` of the run; `false` when the run has not started, or the call is not
+    /// queued or running.
+    pub fn stop(&self, id: u64) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|stopper| stopper.stop(id))
+    }
+
+    fn set(&self, stopper: crate::scheduler::AgentStopper) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(stopper);
+    }
 }
 
 /// Resolves when someone asks to stop a run; the run then ends with [`RunError::Stopped`].
@@ -136,6 +160,9 @@ impl Runtime {
         }
         if let Some(gate) = options.shared.slots {
             scheduler = scheduler.with_gate(gate);
+        }
+        if let Some(stops) = &options.shared.agent_stops {
+            stops.set(scheduler.stopper());
         }
         let log = LogBuffer::new(limits.max_log_bytes, Arc::clone(&events));
         let (stdout, stderr) = (log.stream(), log.stream());

@@ -107,6 +107,8 @@ pub struct Workflow {
     pub(crate) exports: Vec<String>,
     pub(crate) compiled_from_cache: bool,
     pub(crate) embedded_script: Option<crate::artifact::Script>,
+    pub(crate) policy: Option<crate::artifact::policy::Policy>,
+    pub(crate) seal: Option<crate::artifact::signed::Seal>,
     pub(crate) size: usize,
 }
 
@@ -139,6 +141,24 @@ impl Workflow {
     /// The script packaged into the component by `corral build`, if any.
     pub fn embedded_script(&self) -> Option<&crate::artifact::Script> {
         self.embedded_script.as_ref()
+    }
+
+    /// The policy manifest embedded by `corral build --policy` or `corral sign`, if any.
+    pub fn policy(&self) -> Option<&crate::artifact::policy::Policy> {
+        self.policy.as_ref()
+    }
+
+    /// The component's signature, if it is signed (read, not yet checked against any key).
+    pub fn seal(&self) -> Option<&crate::artifact::signed::Seal> {
+        self.seal.as_ref()
+    }
+
+    /// Checks the signature against `trusted` keys: the signer's key id when it verifies.
+    pub fn verify(
+        &self,
+        trusted: &[crate::artifact::minisign::PublicKey],
+    ) -> Result<crate::artifact::minisign::KeyId, crate::artifact::signed::SignatureError> {
+        crate::artifact::signed::check_signature(self.seal.as_ref(), trusted)
     }
 
     /// Size of the component in bytes.
@@ -257,19 +277,20 @@ impl Runtime {
                 name: name.to_string(),
                 message: error.to_string(),
             })?;
-        // Compile without an embedded script, so every built script shares the runtime's code.
-        let stripped;
-        let (code, code_hash) = if embedded_script.is_some() {
-            stripped =
-                crate::artifact::without_script(bytes).map_err(|error| LoadError::Invalid {
-                    name: name.to_string(),
-                    message: error.to_string(),
-                })?;
-            let code_hash = hex(&Sha256::digest(&stripped));
-            (stripped.as_slice(), code_hash)
-        } else {
-            (bytes, hash.clone())
+        let invalid = |error: crate::artifact::ArtifactError| LoadError::Invalid {
+            name: name.to_string(),
+            message: error.to_string(),
         };
+        let policy = crate::artifact::signed::embedded_policy(bytes).map_err(invalid)?;
+        let seal = crate::artifact::signed::seal(bytes).map_err(invalid)?;
+        // Compile without Corral's sections (script, policy, signature), so every built script
+        // shares its runtime's code and signing a component keeps its cache entry.
+        let code = crate::artifact::code(bytes).map_err(invalid)?;
+        let code_hash = match &code {
+            std::borrow::Cow::Borrowed(_) => hash.clone(),
+            std::borrow::Cow::Owned(stripped) => sha256_hex(stripped),
+        };
+        let code = code.as_ref();
         let (component, compiled_from_cache) = self.compile(name, code, &code_hash)?;
 
         let ty = component.component_type();
@@ -310,6 +331,8 @@ impl Runtime {
             exports,
             compiled_from_cache,
             embedded_script,
+            policy,
+            seal,
             size: bytes.len(),
         });
         self.lock_loaded().insert(hash, Arc::clone(&workflow));
@@ -401,6 +424,11 @@ fn write_cache(path: &Path, component: &Component) -> std::io::Result<()> {
     let partial = path.with_extension(format!("{}.partial", std::process::id()));
     std::fs::write(&partial, bytes)?;
     std::fs::rename(&partial, path)
+}
+
+/// SHA-256 of `bytes`, hex.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 fn hex(bytes: &[u8]) -> String {

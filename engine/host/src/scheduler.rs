@@ -56,7 +56,11 @@ pub struct AgentScheduler {
     slots: Arc<Semaphore>,
     max_agents: u64,
     next_id: u64,
-    running: HashMap<u64, AbortHandle>,
+    /// Calls queued or running, shared with [`AgentStopper`]s.
+    running: Running,
+    /// Calls an [`AgentStopper`] stopped, for the guest's next look.
+    stopped: mpsc::UnboundedReceiver<u64>,
+    stop_sender: mpsc::UnboundedSender<u64>,
     finished: HashMap<u64, AgentOutcome>,
     sender: mpsc::UnboundedSender<(u64, AgentOutcome)>,
     receiver: mpsc::UnboundedReceiver<(u64, AgentOutcome)>,
@@ -81,6 +85,31 @@ pub trait SlotGate: Send + Sync + 'static {
     fn acquire(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = SharedSlot> + Send>>;
 }
 
+/// Each call queued or running: its task, and its phase (for the event of a call stopped).
+type Running = Arc<Mutex<HashMap<u64, (AbortHandle, Option<String>)>>>;
+
+/// Stops one call of a run from outside it (`corral runs stop ID --agent N`): the call ends at
+/// once as cancelled, and the guest sees it as it would see its own `cancel`.
+#[derive(Clone)]
+pub struct AgentStopper {
+    running: Running,
+    stopped: mpsc::UnboundedSender<u64>,
+}
+
+impl AgentStopper {
+    /// Stops call `id`; `false` when it is not queued or running (unknown, or finished).
+    pub fn stop(&self, id: u64) -> bool {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((task, _)) = running.get(&id) else {
+            return false;
+        };
+        task.abort();
+        // The scheduler lives as long as the run; if it is gone, nothing waits for this call.
+        let _ = self.stopped.send(id);
+        true
+    }
+}
+
 /// A run's journal, as the scheduler uses it.
 pub struct CallJournal {
     /// Where this run's calls are recorded.
@@ -98,12 +127,15 @@ impl AgentScheduler {
         events: Arc<dyn EventSink>,
     ) -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
+        let (stop_sender, stopped) = mpsc::unbounded_channel();
         AgentScheduler {
             context,
             slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
             max_agents,
             next_id: 1,
-            running: HashMap::new(),
+            running: Arc::default(),
+            stopped,
+            stop_sender,
             finished: HashMap::new(),
             sender,
             receiver,
@@ -135,7 +167,7 @@ impl AgentScheduler {
 
     /// Calls started and not yet collected by `wait`.
     pub fn outstanding(&self) -> usize {
-        self.running.len() + self.finished.len()
+        self.lock_running().len() + self.finished.len()
     }
 
     /// Refuses (and counts as refused) a call when the run has started its `--max-agents`
@@ -210,6 +242,7 @@ impl AgentScheduler {
         };
 
         self.prefixes.register_request(&self.context, &request);
+        let phase = request.phase.clone();
         let prefixes = Arc::clone(&self.prefixes);
         let context = self.context.clone();
         let slots = Arc::clone(&self.slots);
@@ -287,7 +320,7 @@ impl AgentScheduler {
             // The receiver lives as long as the run; if the run is gone nobody needs this outcome.
             let _ = sender.send((id, outcome));
         });
-        self.running.insert(id, task.abort_handle());
+        self.lock_running().insert(id, (task.abort_handle(), phase));
         Ok(id)
     }
 
@@ -303,7 +336,7 @@ impl AgentScheduler {
             for &id in ids {
                 if let Some(outcome) = self.finished.remove(&id) {
                     done.push((id, outcome));
-                } else if !self.running.contains_key(&id)
+                } else if !self.lock_running().contains_key(&id)
                     && !done.iter().any(|(seen, _)| *seen == id)
                 {
                     done.push((
@@ -317,10 +350,13 @@ impl AgentScheduler {
             if !done.is_empty() {
                 return done;
             }
-            match self.receiver.recv().await {
-                Some((id, outcome)) => self.record(id, outcome),
-                // Unreachable while `self.sender` lives; return rather than spin.
-                None => return done,
+            tokio::select! {
+                finished = self.receiver.recv() => match finished {
+                    Some((id, outcome)) => self.record(id, outcome),
+                    // Unreachable while `self.sender` lives; return rather than spin.
+                    None => return done,
+                },
+                Some(id) = self.stopped.recv() => self.stopped_from_outside(id),
             }
             self.drain();
         }
@@ -329,7 +365,8 @@ impl AgentScheduler {
     /// Cancels a queued or running call; a finished call keeps its outcome.
     pub fn cancel(&mut self, id: u64) {
         self.drain();
-        if let Some(task) = self.running.remove(&id) {
+        let task = self.lock_running().remove(&id);
+        if let Some((task, _)) = task {
             task.abort();
             *self.lock_stats().failed.entry("cancelled").or_default() += 1;
             self.finished.insert(
@@ -343,8 +380,16 @@ impl AgentScheduler {
 
     /// Aborts every call still queued or running (the run is over).
     pub fn shutdown(&mut self) {
-        for (_, task) in self.running.drain() {
+        for (_, (task, _)) in self.lock_running().drain() {
             task.abort();
+        }
+    }
+
+    /// A handle that stops single calls of this run from outside it.
+    pub fn stopper(&self) -> AgentStopper {
+        AgentStopper {
+            running: Arc::clone(&self.running),
+            stopped: self.stop_sender.clone(),
         }
     }
 
@@ -352,14 +397,52 @@ impl AgentScheduler {
         while let Ok((id, outcome)) = self.receiver.try_recv() {
             self.record(id, outcome);
         }
+        while let Ok(id) = self.stopped.try_recv() {
+            self.stopped_from_outside(id);
+        }
     }
 
     fn record(&mut self, id: u64, outcome: AgentOutcome) {
         // A call cancelled after it finished but before we saw it keeps the cancelled outcome
         // the guest was already promised only if it was removed from `running` by `cancel`.
-        if self.running.remove(&id).is_some() {
+        let known = self.lock_running().remove(&id).is_some();
+        if known {
             self.finished.insert(id, outcome);
         }
+    }
+
+    /// A call an [`AgentStopper`] stopped (its task is aborted) ends as cancelled, recorded as
+    /// such, unless its own outcome arrived first.
+    fn stopped_from_outside(&mut self, id: u64) {
+        let Some((_, phase)) = self.lock_running().remove(&id) else {
+            return;
+        };
+        let error = AgentError::Cancelled(
+            "the agent call was stopped (`corral runs stop --agent`)".to_string(),
+        );
+        *self.lock_stats().failed.entry(error.kind()).or_default() += 1;
+        self.events.event(&RunEvent::AgentFinished {
+            id,
+            phase,
+            error: Some(error.kind().to_string()),
+            message: Some(error.to_string()),
+            usage: Usage::default(),
+            model: String::new(),
+            replayed: false,
+        });
+        let outcome = Err(error);
+        if let Some(journal) = &self.journal {
+            journal
+                .recorder
+                .call_finished(id, &outcome, &Usage::default(), false, None, None);
+        }
+        self.finished.insert(id, outcome);
+    }
+
+    fn lock_running(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, (AbortHandle, Option<String>)>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_stats(&self) -> std::sync::MutexGuard<'_, AgentStats> {

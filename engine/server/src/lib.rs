@@ -54,6 +54,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/runs/{id}/result"),
     ("GET", "/v1/runs/{id}/events"),
     ("POST", "/v1/runs/{id}/stop"),
+    ("POST", "/v1/runs/{id}/agents/{n}/stop"),
     ("POST", "/v1/runs/{id}/resume"),
     ("GET", "/v1/usage"),
 ];
@@ -111,6 +112,7 @@ pub fn router(service: RunService, options: ServerOptions) -> (Router, Arc<Atomi
         .route("/v1/runs/{id}/result", get(get_result))
         .route("/v1/runs/{id}/events", get(run_events))
         .route("/v1/runs/{id}/stop", post(stop_run))
+        .route("/v1/runs/{id}/agents/{n}/stop", post(stop_agent))
         .route("/v1/runs/{id}/resume", post(resume_run))
         .route("/v1/usage", get(usage))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), track))
@@ -729,6 +731,23 @@ async fn stop_run(
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"id": id, "stopping": true})),
+    )
+        .into_response())
+}
+
+async fn stop_agent(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((id, n)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let tenant = auth.writer()?;
+    let seq: u64 = n
+        .parse()
+        .map_err(|_| ApiError::bad_request("invalid", format!("'{n}' is not an agent number")))?;
+    state.service.stop_agent(Some(tenant), &id, seq)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id, "agent": seq, "stopping": true})),
     )
         .into_response())
 }

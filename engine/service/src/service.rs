@@ -31,6 +31,8 @@ use crate::sha256_hex;
 use crate::spec::{RootRef, RunSpec, ScriptRef, WorkflowRef};
 use crate::tenancy::{Admission, RunSlot, Tenancy, Tenant};
 
+mod policy;
+
 /// A script runtime component the front end bundles (such as the JavaScript runtime). The
 /// service knows it only by hash and by the file extensions and content types it runs.
 #[derive(Debug, Clone)]
@@ -136,6 +138,7 @@ pub struct RunOutcome {
 struct LiveRun {
     stop: watch::Sender<bool>,
     events: broadcast::Sender<(u64, Arc<str>)>,
+    agents: Arc<corral_host::AgentStops>,
 }
 
 struct Inner {
@@ -279,6 +282,19 @@ impl RunService {
         name: &str,
         bytes: Vec<u8>,
     ) -> Result<Arc<Workflow>, ServiceError> {
+        // Checked on the bytes, before they are compiled: a changed byte is a refusal, not a
+        // compile error.
+        let seal = match corral_host::artifact::signed::seal(&bytes) {
+            Ok(seal) => seal,
+            Err(error) => {
+                // Not a component at all: loading refuses it in its own words.
+                self.inner.runtime.load(name, &bytes)?;
+                return Err(ServiceError::Invalid(format!(
+                    "{name} is not a valid component: {error}"
+                )));
+            }
+        };
+        self.check_trusted(tenant, name, seal.as_ref())?;
         let workflow = self.inner.runtime.load(name, &bytes)?;
         let bundled = self
             .inner
@@ -522,6 +538,7 @@ impl RunService {
     /// Dry-runs a spec on the simulated provider: agents, tokens and cost per phase. Costs are
     /// at the prices of the provider the run would use (the default real one for `sim`).
     pub async fn plan(&self, spec: &RunSpec) -> Result<Plan, ServiceError> {
+        let spec = &self.bounded(spec.clone())?;
         let prepared = self.prepare(spec)?;
         let _slot = self.dry_run_slot(&prepared)?;
         self.plan_prepared(spec, &prepared).await
@@ -625,6 +642,7 @@ impl RunService {
         options: StartOptions,
         resume: Option<Resumption>,
     ) -> Result<RunHandle, ServiceError> {
+        let spec = self.bounded(spec)?;
         let prepared = self.prepare(&spec)?;
         let (provider, provider_info) = self.provider(&spec)?;
         // A tenant's budget check is a dry run: it runs in one of the tenant's run slots, taken
@@ -650,7 +668,7 @@ impl RunService {
             }
             _ => None,
         };
-        let (admission, shared) = match &prepared.tenant {
+        let (admission, mut shared) = match &prepared.tenant {
             Some(tenant) => {
                 let tenancy = self.tenancy()?;
                 let admission = match dry_run_slot {
@@ -708,12 +726,15 @@ impl RunService {
 
         let (stop_sender, stop_receiver) = watch::channel(false);
         let (live_events, _) = broadcast::channel(LIVE_EVENT_BUFFER);
+        let agent_stops = Arc::new(corral_host::AgentStops::default());
+        shared.agent_stops = Some(Arc::clone(&agent_stops));
         if let Some(id) = &id {
             self.lock_live().insert(
                 id.clone(),
                 LiveRun {
                     stop: stop_sender,
                     events: live_events.clone(),
+                    agents: agent_stops,
                 },
             );
         }
@@ -943,7 +964,10 @@ impl RunService {
                     continue;
                 }
                 let asking = Arc::clone(&store);
-                let Ok(Ok(ids)) = tokio::task::spawn_blocking(move || asking.stop_requests()).await
+                let Ok(Ok((ids, calls))) = tokio::task::spawn_blocking(move || {
+                    Ok::<_, StoreError>((asking.stop_requests()?, asking.agent_stop_requests()?))
+                })
+                .await
                 else {
                     continue;
                 };
@@ -951,6 +975,11 @@ impl RunService {
                 for id in ids {
                     if let Some(run) = live.get(&id) {
                         let _ = run.stop.send(true);
+                    }
+                }
+                for (id, seq) in calls {
+                    if let Some(run) = live.get(&id) {
+                        run.agents.stop(seq);
                     }
                 }
             }
@@ -982,6 +1011,53 @@ impl RunService {
                     pid: summary.pid,
                 })
             }
+            status => Err(ServiceError::NotRunning { id, status }),
+        }
+    }
+
+    /// Stops call `seq` of run `id` (it resolves to `null` in a script): at once when this
+    /// process runs it, else through the store.
+    pub fn stop_agent(
+        &self,
+        scope: Option<&str>,
+        id: &str,
+        seq: u64,
+    ) -> Result<StopAnswer, ServiceError> {
+        let id = self.resolve(scope, id)?;
+        let not_running = |id: String| {
+            ServiceError::Invalid(format!(
+                "agent #{seq} of run {id} is not queued or running (it finished, or the run has \
+                 no such agent): see `corral runs show {id}`"
+            ))
+        };
+        let local = self
+            .lock_live()
+            .get(&id)
+            .map(|live| Arc::clone(&live.agents));
+        if let Some(agents) = local {
+            return if agents.stop(seq) {
+                Ok(StopAnswer::Stopping(id))
+            } else {
+                Err(not_running(id))
+            };
+        }
+        let store = self.store()?;
+        let summary = store.run_detail(&id)?.summary;
+        match self.effective_status(&summary) {
+            RunStatus::Running | RunStatus::Queued => {
+                if store.request_agent_stop(&id, seq)? {
+                    Ok(StopAnswer::Asked {
+                        id,
+                        pid: summary.pid,
+                    })
+                } else {
+                    Err(not_running(id))
+                }
+            }
+            RunStatus::Interrupted => Err(ServiceError::Interrupted {
+                id,
+                pid: summary.pid,
+            }),
             status => Err(ServiceError::NotRunning { id, status }),
         }
     }

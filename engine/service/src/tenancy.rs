@@ -95,6 +95,9 @@ pub struct TenantSettings {
     pub models: Option<Vec<String>>,
     /// Tokens declared in the config file.
     pub tokens: Vec<ConfigToken>,
+    /// Public keys (minisign's base64 key line) whose signatures it trusts; when any is set,
+    /// the tenant's workflows must be signed by one of them (see "Signed workflows").
+    pub trusted_keys: Vec<String>,
 }
 
 /// A tenant quota that a request would exceed.
@@ -629,6 +632,7 @@ impl Tenancy {
                 tenant: Arc::clone(tenant),
                 pool: Arc::clone(&self.pool),
             })),
+            agent_stops: None,
         })
     }
 

@@ -73,6 +73,7 @@ CREATE TABLE IF NOT EXISTS calls (
     started_ms INTEGER,
     finished_ms INTEGER,
     replayed INTEGER NOT NULL DEFAULT 0,
+    stop_requested INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, seq)
 );
 CREATE TABLE IF NOT EXISTS transcripts (
@@ -125,6 +126,8 @@ CREATE TABLE IF NOT EXISTS tokens (
 
 /// Columns added to `runs` after the first release, added to older journals when opened.
 const ADDED_RUN_COLUMNS: [(&str, &str); 2] = [("spec", "TEXT"), ("tenant", "TEXT")];
+/// Columns of `calls` added since the first journal format.
+const ADDED_CALL_COLUMNS: [(&str, &str); 1] = [("stop_requested", "INTEGER NOT NULL DEFAULT 0")];
 
 enum Op {
     BeginRun(String, Box<NewRun>, i64),
@@ -392,6 +395,31 @@ impl RunStore for Journal {
             )
             .optional()
             .map(|flag| flag == Some(1))
+            .map_err(|e| self.error(e))
+    }
+
+    fn request_agent_stop(&self, run: &str, seq: u64) -> Result<bool, StoreError> {
+        self.execute(
+            "UPDATE calls SET stop_requested = 1 WHERE run_id = ?1 AND seq = ?2 AND status = 'queued'",
+            params![run, seq as i64],
+        )
+        .map(|changed| changed > 0)
+    }
+
+    fn agent_stop_requests(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let db = self.reader()?;
+        let mut statement = db
+            .prepare(
+                "SELECT c.run_id, c.seq FROM calls c JOIN runs r ON r.id = c.run_id \
+                 WHERE c.stop_requested = 1 AND c.status = 'queued' \
+                 AND r.status IN ('queued', 'running')",
+            )
+            .map_err(|e| self.error(e))?;
+        statement
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
+            })
+            .and_then(Iterator::collect)
             .map_err(|e| self.error(e))
     }
 
@@ -846,13 +874,20 @@ fn token_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
 
 /// Adds the columns a journal written by an older corral lacks.
 fn migrate(connection: &Connection) -> rusqlite::Result<()> {
-    let mut statement = connection.prepare("SELECT name FROM pragma_table_info('runs')")?;
-    let existing: Vec<String> = statement
-        .query_map([], |row| row.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    for (column, kind) in ADDED_RUN_COLUMNS {
-        if !existing.iter().any(|name| name == column) {
-            connection.execute_batch(&format!("ALTER TABLE runs ADD COLUMN {column} {kind}"))?;
+    for (table, added) in [
+        ("runs", &ADDED_RUN_COLUMNS[..]),
+        ("calls", &ADDED_CALL_COLUMNS[..]),
+    ] {
+        let mut statement =
+            connection.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+        let existing: Vec<String> = statement
+            .query_map([], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (column, kind) in added {
+            if !existing.iter().any(|name| name == column) {
+                connection
+                    .execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+            }
         }
     }
     connection

@@ -384,6 +384,11 @@ pub trait RunStore: Send + Sync + 'static {
     fn stop_requests(&self) -> Result<Vec<String>, StoreError>;
     /// Whether someone asked to stop `id`.
     fn stop_requested(&self, id: &str) -> Result<bool, StoreError>;
+    /// Asks whoever runs `run` to stop its call `seq`; `false` when that call is not queued or
+    /// running.
+    fn request_agent_stop(&self, run: &str, seq: u64) -> Result<bool, StoreError>;
+    /// Calls still queued or running, of runs still queued or running, that someone asked to stop.
+    fn agent_stop_requests(&self) -> Result<Vec<(String, u64)>, StoreError>;
     /// A full id, or the one run an unambiguous prefix (of id characters only) names.
     fn resolve_id(&self, id_or_prefix: &str) -> Result<String, StoreError>;
     /// The owner of run `id`: `None` when there is no such run, `Some(None)` for a local run.

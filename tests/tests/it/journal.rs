@@ -509,3 +509,73 @@ fn a_multi_turn_conversation_is_kept_as_the_calls_transcript() {
         "the tool result (the file) is in the transcript"
     );
 }
+
+#[test]
+fn runs_stop_agent_stops_one_call_which_resolves_to_null_and_the_run_goes_on() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
+    let script = data.path().join("two.js");
+    // The call is slow (60 s in the simulator); the script goes on once it resolves.
+    std::fs::write(
+        &script,
+        "const first = await agent('slow one')\n\
+         log('the script goes on')\n\
+         return { first }",
+    )
+    .unwrap();
+    let child = corral()
+        .args([
+            "run",
+            script.to_str().unwrap(),
+            "--sim-latency",
+            "60s",
+            "-q",
+        ])
+        .args(["--data-dir", data_dir])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let journal = journal(data.path());
+    wait_for("the first call to be journaled", || {
+        journal
+            .list_runs(&recent(1))
+            .ok()
+            .and_then(|runs| runs.into_iter().next())
+            .and_then(|run| journal.run_detail(&run.id).ok())
+            .is_some_and(|detail| detail.calls.len() == 1)
+    });
+    let id = journal.list_runs(&recent(1)).unwrap().remove(0).id;
+
+    // No such agent: a clear error, and the run is untouched.
+    let wrong = run(corral().args(["runs", "stop", &id, "--agent", "9", "--data-dir", data_dir]));
+    assert_eq!(wrong.status.code(), Some(2), "{}", stderr(&wrong));
+    assert!(
+        stderr(&wrong).contains("agent #9 of run")
+            && stderr(&wrong).contains("is not queued or running"),
+        "{}",
+        stderr(&wrong)
+    );
+
+    let stop = run(corral().args(["runs", "stop", &id, "--agent", "1", "--data-dir", data_dir]));
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    assert!(
+        stderr(&stop).contains("to stop agent #1 of run"),
+        "{}",
+        stderr(&stop)
+    );
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        r#"{"first":null}"#
+    );
+    let detail = journal.run_detail(&id).unwrap();
+    assert_eq!(detail.summary.status, RunStatus::Succeeded);
+    assert_eq!(detail.calls[0].error_kind.as_deref(), Some("cancelled"));
+    assert_eq!(detail.calls[0].status, corral_store::CallStatus::Failed);
+}

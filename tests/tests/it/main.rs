@@ -16,4 +16,5 @@ mod runs;
 mod script_api;
 mod script_format;
 mod server;
+mod signing;
 mod tools;

@@ -121,7 +121,9 @@ async fn rule_16_workflow_takes_a_script_path_or_the_name_of_a_saved_workflow() 
     let plain_review = saved("plain-review");
     let audit = saved("audit-files");
     let helper = saved("helper");
+    let hidden = saved("hidden-by-meta");
     let root = root_with(&[
+        (".claude/workflows/x.js", &hidden),
         (".corral/workflows/review.js", &corral_review),
         (".claude/workflows/review.js", &claude_review),
         (".claude/workflows/triage.js", &claude_triage),
@@ -135,6 +137,7 @@ async fn rule_16_workflow_takes_a_script_path_or_the_name_of_a_saved_workflow() 
                     workflow('review'),\n\
                     workflow('triage'),\n\
                     workflow('audit-files', { n: 2 }),\n\
+                    workflow('hidden-by-meta'),\n\
                   ])";
     let report = Run::new(Value::Null)
         .script("workflow.js", source)
@@ -151,6 +154,8 @@ async fn rule_16_workflow_takes_a_script_path_or_the_name_of_a_saved_workflow() 
             { "from": "claude-triage", "args": "undefined" },
             // By meta.name, when no file has the name.
             { "from": "audit-files", "args": { "n": 2 } },
+            // … in the hidden directories too.
+            { "from": "hidden-by-meta", "args": "undefined" },
         ])
     );
 

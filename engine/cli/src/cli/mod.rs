@@ -19,6 +19,7 @@ mod run;
 mod runs;
 mod script;
 mod serve;
+mod sign;
 
 /// The workflow returned an error or crashed.
 pub const EXIT_WORKFLOW: u8 = 1;
@@ -54,8 +55,16 @@ enum Command {
     Check(script::CheckArgs),
     /// Package a script and its runtime into one self-contained component.
     Build(script::BuildArgs),
-    /// Describe a component or script: world, imports, exports, meta, size, hash.
+    /// Describe a component or script: world, imports, exports, meta, size, hash, policy and
+    /// signature.
     Inspect(script::InspectArgs),
+    /// Embed a policy manifest in a component and sign it (minisign's format).
+    Sign(sign::SignArgs),
+    /// Signing keys: generate.
+    Keys {
+        #[command(subcommand)]
+        command: sign::KeysCommand,
+    },
     /// The journal of runs: list, show, stop, resume.
     Runs {
         #[command(subcommand)]
@@ -91,6 +100,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(args) => script::check(args),
         Command::Build(args) => script::build(args),
         Command::Inspect(args) => script::inspect(args),
+        Command::Sign(args) => sign::sign(args),
+        Command::Keys { command } => sign::keys(command),
         Command::Runs { command } => runs::runs(command),
         Command::Serve(args) => serve::serve(*args),
         Command::Tenants { command } => serve::tenants(command),

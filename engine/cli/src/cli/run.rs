@@ -193,6 +193,8 @@ pub struct RunArgs {
     pub max_git_entries: usize,
     #[command(flatten)]
     pub service: ServiceArgs,
+    #[command(flatten)]
+    pub trust: super::sign::TrustArgs,
     /// Do not record the run in the journal (it then cannot be resumed).
     #[arg(long)]
     pub no_journal: bool,
@@ -355,6 +357,7 @@ pub fn spec(args: &RunArgs, service: &RunService) -> anyhow::Result<RunSpec> {
         )),
         None => None,
     };
+    super::sign::check(&args.trust, &args.workflow)?;
     let workflow = workflow_ref(service, &args.workflow, args.runtime.as_ref())?;
     Ok(RunSpec {
         workflow,
@@ -394,6 +397,7 @@ pub fn limits(args: &RunArgs) -> RunLimits {
             max_tool_time: args.max_tool_time.0,
             max_git_entries: args.max_git_entries,
         },
+        grants: Default::default(),
     }
 }
 

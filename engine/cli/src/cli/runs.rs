@@ -19,8 +19,8 @@ pub enum RunsCommand {
     List(ListArgs),
     /// One run: per-phase totals, then each agent call.
     Show(ShowArgs),
-    /// Ask the process running a run to stop it.
-    Stop(IdArgs),
+    /// Ask the process running a run to stop it, or only one of its agents (`--agent N`).
+    Stop(StopArgs),
     /// Run a run again, answering its completed agent calls from the journal.
     Resume(ResumeArgs),
 }
@@ -40,6 +40,18 @@ pub struct IdArgs {
     journal: ServiceArgs,
     /// The run's id (or an unambiguous prefix of it).
     id: String,
+}
+
+#[derive(Args)]
+pub struct StopArgs {
+    #[command(flatten)]
+    journal: ServiceArgs,
+    /// The run's id (or an unambiguous prefix of it).
+    id: String,
+    /// Stop only this agent call (its number in `corral runs show`); the script sees it resolve
+    /// to `null`, and the run goes on.
+    #[arg(long, value_name = "N")]
+    agent: Option<u64>,
 }
 
 #[derive(Args)]
@@ -314,15 +326,22 @@ fn print_report(detail: &RunDetail, config: &corral_host::config::CorralConfig) 
     }
 }
 
-fn stop(args: IdArgs) -> anyhow::Result<ExitCode> {
+fn stop(args: StopArgs) -> anyhow::Result<ExitCode> {
     let service = open(&args.journal)?;
-    match service.stop(None, &args.id) {
+    let (answer, what) = match args.agent {
+        Some(seq) => (
+            service.stop_agent(None, &args.id, seq),
+            format!("agent #{seq} of run"),
+        ),
+        None => (service.stop(None, &args.id), "run".to_string()),
+    };
+    match answer {
         Ok(corral_service::StopAnswer::Asked { id, pid }) => {
-            eprintln!("corral: asked process {pid} to stop run {id}; it stops within a second");
+            eprintln!("corral: asked process {pid} to stop {what} {id}; it stops within a second");
             Ok(ExitCode::SUCCESS)
         }
         Ok(corral_service::StopAnswer::Stopping(id)) => {
-            eprintln!("corral: run {id} is stopping");
+            eprintln!("corral: {what} {id} is stopping");
             Ok(ExitCode::SUCCESS)
         }
         Err(error) => Err(anyhow!(error)),

@@ -35,6 +35,12 @@ pub struct BuildArgs {
     /// Its script runtime component (default for .js: the bundled JavaScript runtime).
     #[arg(long, env = "CORRAL_RUNTIME")]
     runtime: Option<PathBuf>,
+    /// A policy manifest (policy.toml) to embed: the component's grants and limits.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Sign the component with this secret key (from `corral keys generate`).
+    #[arg(long, value_name = "KEY")]
+    sign: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -44,6 +50,12 @@ pub struct InspectArgs {
     /// Script runtime for a script (default for .js: the bundled JavaScript runtime).
     #[arg(long, env = "CORRAL_RUNTIME")]
     runtime: Option<PathBuf>,
+    /// A public key (KEY.pub) to check the signature against; repeatable.
+    #[arg(long = "trust", value_name = "KEY.pub")]
+    trust: Vec<PathBuf>,
+    /// Write the component's signature to FILE as a .minisig, for `minisign -V`.
+    #[arg(long, value_name = "FILE")]
+    minisig: Option<PathBuf>,
 }
 
 fn runtime() -> anyhow::Result<Runtime> {
@@ -161,7 +173,11 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         }
         None => JS_RUNTIME.to_vec(),
     };
-    let component = embed_script(&runtime_bytes, &script)?;
+    let component = super::sign::seal(
+        &embed_script(&runtime_bytes, &script)?,
+        args.policy.as_deref(),
+        args.sign.as_deref(),
+    )?;
     let output = args
         .output
         .clone()
@@ -169,10 +185,16 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(&output, &component)
         .with_context(|| format!("cannot write {}", output.display()))?;
     eprintln!(
-        "built {} ({} bytes: the script runtime and {}; sha256 {})",
+        "built {} ({} bytes: the script runtime and {}{}{}; sha256 {})",
         output.display(),
         component.len(),
         script.name,
+        if args.policy.is_some() {
+            ", its policy"
+        } else {
+            ""
+        },
+        if args.sign.is_some() { ", signed" } else { "" },
         hex(&Sha256::digest(&component))
     );
     Ok(ExitCode::SUCCESS)
@@ -229,6 +251,20 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         .collect();
     if !custom.is_empty() {
         out!("custom sections: {}", custom.join(", "));
+    }
+    let trusted = super::sign::read_trusted(&args.trust)?;
+    for line in super::sign::describe(&workflow, &trusted) {
+        out!("{line}");
+    }
+    if let Some(path) = &args.minisig {
+        super::sign::export_signature(&workflow, path)?;
+        eprintln!(
+            "wrote {}: `head -c {} {} > signed.part && minisign -V -p KEY.pub -m signed.part -x {}` checks it",
+            path.display(),
+            workflow.seal().map_or(0, |seal| seal.signed_len),
+            args.workflow.display(),
+            path.display()
+        );
     }
     if let Some(script) = &script {
         out!(

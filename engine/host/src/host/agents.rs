@@ -85,6 +85,41 @@ impl RunState {
             Some(text) => Some(self.compiled_schema(text)?),
             None => None,
         };
+        // A workflow's policy manifest narrows the tools (all of them, when a call names none)
+        // and the models a call may name.
+        let mut options = options;
+        if let Some(granted) = &limits.grants.tools {
+            match &options.tools {
+                Some(tools) => {
+                    if let Some(tool) = tools.iter().find(|tool| !limits.grants.tool(tool)) {
+                        return Err(Denied(format!(
+                            "the tool '{tool}' is not granted by the workflow's policy manifest (grants.tools: {})",
+                            if granted.is_empty() {
+                                "none".to_string()
+                            } else {
+                                granted.join(", ")
+                            }
+                        )));
+                    }
+                }
+                // Without a root there are no tools to narrow.
+                None if self.tools.is_some() => options.tools = Some(granted.clone()),
+                None => {}
+            }
+        }
+        if let Some(model) = &options.model
+            && !limits.grants.model(model)
+        {
+            return Err(Denied(format!(
+                "the model '{model}' is not granted by the workflow's policy manifest (grants.models: {})",
+                limits
+                    .grants
+                    .models
+                    .as_deref()
+                    .unwrap_or_default()
+                    .join(", ")
+            )));
+        }
         if let Some(tools) = &options.tools {
             agent_loop::check_tool_grant(tools)?;
             if self.tools.is_none() && !tools.is_empty() {

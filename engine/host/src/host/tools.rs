@@ -14,8 +14,14 @@ use crate::tools::{self, ToolRoot};
 impl RunState {
     async fn with_root<T: Send + 'static>(
         &mut self,
+        tool: &str,
         work: impl FnOnce(&ToolRoot) -> Result<T, tools::ToolError> + Send + 'static,
     ) -> wasmtime::Result<Result<T, ToolError>> {
+        if !self.limits.grants.tool(tool) {
+            return Ok(Err(ToolError::Denied(format!(
+                "the tool '{tool}' is not granted by the workflow's policy manifest (grants.tools)"
+            ))));
+        }
         let Some(root) = self.tools.clone() else {
             return Ok(Err(ToolError::Denied(
                 "this run has no root directory, so there are no files (pass --root DIR to grant one)".to_string(),
@@ -32,11 +38,12 @@ impl RunState {
 
 impl Host for RunState {
     async fn read(&mut self, path: String) -> wasmtime::Result<Result<String, ToolError>> {
-        self.with_root(move |root| root.read(&path)).await
+        self.with_root("read", move |root| root.read(&path)).await
     }
 
     async fn glob(&mut self, pattern: String) -> wasmtime::Result<Result<Vec<String>, ToolError>> {
-        self.with_root(move |root| root.glob(&pattern)).await
+        self.with_root("glob", move |root| root.glob(&pattern))
+            .await
     }
 
     async fn grep(
@@ -44,7 +51,7 @@ impl Host for RunState {
         pattern: String,
         options: GrepOptions,
     ) -> wasmtime::Result<Result<Vec<GrepMatch>, ToolError>> {
-        self.with_root(move |root| {
+        self.with_root("grep", move |root| {
             let options = tools::GrepOptions {
                 glob: options.glob,
                 ignore_case: options.ignore_case,
@@ -68,7 +75,7 @@ impl Host for RunState {
         path: Option<String>,
         max: Option<u32>,
     ) -> wasmtime::Result<Result<Vec<Commit>, ToolError>> {
-        self.with_root(move |root| {
+        self.with_root("git", move |root| {
             let commits = root.git_log(path.as_deref(), max)?;
             Ok(commits
                 .into_iter()
@@ -88,7 +95,7 @@ impl Host for RunState {
         rev: String,
         path: Option<String>,
     ) -> wasmtime::Result<Result<String, ToolError>> {
-        self.with_root(move |root| root.git_show(&rev, path.as_deref()))
+        self.with_root("git", move |root| root.git_show(&rev, path.as_deref()))
             .await
     }
 
@@ -96,12 +103,12 @@ impl Host for RunState {
         &mut self,
         range: Option<String>,
     ) -> wasmtime::Result<Result<String, ToolError>> {
-        self.with_root(move |root| root.git_diff(range.as_deref()))
+        self.with_root("git", move |root| root.git_diff(range.as_deref()))
             .await
     }
 
     async fn git_status(&mut self) -> wasmtime::Result<Result<Vec<StatusEntry>, ToolError>> {
-        self.with_root(|root| {
+        self.with_root("git", |root| {
             let entries = root.git_status()?;
             Ok(entries
                 .into_iter()

@@ -165,3 +165,27 @@ async fn agents_that_fit_one_after_another_all_finish_under_a_budget_too_small_f
     assert!(ledger.spent() <= budget);
     assert_eq!(provider.peak_in_flight(), 1, "they took turns");
 }
+
+#[tokio::test]
+async fn a_stopper_ends_one_call_as_cancelled_while_the_others_go_on() {
+    let mut scheduler = scheduler(Arc::new(SimProvider::new(Duration::from_secs(3600))), 4, 10);
+    let stopper = scheduler.stopper();
+    let slow = scheduler.start(request("slow")).unwrap();
+    let other = scheduler.start(request("other")).unwrap();
+    assert!(!stopper.stop(99), "an unknown call");
+    assert!(stopper.stop(slow));
+    let done = tokio::time::timeout(Duration::from_secs(10), scheduler.wait(&[slow, other]))
+        .await
+        .expect("the stopped call completes at once");
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].0, slow);
+    let error = done[0].1.as_ref().unwrap_err();
+    assert_eq!(error.kind(), "cancelled");
+    assert!(
+        error.to_string().contains("corral runs stop --agent"),
+        "{error}"
+    );
+    assert!(!stopper.stop(slow), "already stopped");
+    assert_eq!(scheduler.outstanding(), 1, "the other call still runs");
+    assert_eq!(scheduler.stats().failed.get("cancelled"), Some(&1));
+}

@@ -253,7 +253,8 @@ impl ToolRoot {
     /// Lists the files whose root-relative path matches `pattern`, sorted, with `/` separators.
     ///
     /// `*` and `?` do not cross `/`; `**` does. Ignored (`.gitignore`, `.ignore`) and hidden files
-    /// are skipped, and symlinks are not followed, like ripgrep.
+    /// are skipped, and symlinks are not followed, like ripgrep; a hidden directory the pattern
+    /// names literally (`.corral/workflows/*.js`) is walked, `.git` never.
     pub fn glob(&self, pattern: &str) -> Result<Vec<String>, ToolError> {
         let call = self.clock.begin("glob")?;
         walk::glob(self, &call, pattern)

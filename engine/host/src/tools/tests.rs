@@ -208,11 +208,24 @@ fn glob_honours_ignore_files_and_skips_hidden_and_symlinks() {
     let (dir, _out, root) = fixture(ToolLimits::default());
     assert!(root.glob("target/**").unwrap().is_empty());
     assert!(root.glob("**/*.log").unwrap().is_empty());
-    assert!(root.glob(".hidden/*").unwrap().is_empty());
+    // Hidden entries are skipped unless the pattern names their directory literally.
+    assert!(
+        root.glob("*/*.txt")
+            .unwrap()
+            .iter()
+            .all(|p| !p.starts_with('.'))
+    );
+    assert!(root.glob("**/secret.txt").unwrap().is_empty());
+    assert_eq!(root.glob(".hidden/*").unwrap(), [".hidden/secret.txt"]);
+    assert!(root.glob(".hidden/**/.*").unwrap().is_empty());
     assert!(root.glob("dir_out/**").unwrap().is_empty());
     assert!(root.glob("link_*").unwrap().is_empty());
     write(dir.path(), ".ignore", "docs/\n");
     assert!(root.glob("docs/*").unwrap().is_empty());
+    // `.git` is never walked, even named.
+    write(dir.path(), ".git/config", "[core]\n");
+    assert!(root.glob(".git/*").unwrap().is_empty());
+    assert!(root.glob(".git/**").unwrap().is_empty());
 }
 
 #[test]

@@ -245,7 +245,8 @@ pub(super) fn walker<'c, 'a>(
         .git_exclude(false)
         .require_git(false)
         .ignore(mode == Mode::Search)
-        .hidden(mode == Mode::Search)
+        // Hidden entries are skipped below, where the pattern's literal prefix is known.
+        .hidden(false)
         .max_depth(pattern.and_then(|p| p.depth))
         .sort_by_file_name(|a, b| a.cmp(b));
     let mut first = ignore_files(mode)
@@ -274,17 +275,35 @@ pub(super) fn walker<'c, 'a>(
     let filter_root = root.clone();
     let filter_refused = Arc::clone(&refused);
     builder.filter_entry(move |entry| {
-        // Git never lists its own `.git` (a directory, or a file in linked worktrees).
-        if mode == Mode::Git && entry.depth() > 0 && entry.file_name() == ".git" {
+        // Git never lists its own `.git` (a directory, or a file in linked worktrees), and
+        // neither does a search, whatever the pattern says.
+        if entry.depth() > 0 && entry.file_name() == ".git" {
             return false;
+        }
+        let rel = entry
+            .path()
+            .strip_prefix(&base)
+            .ok()
+            .and_then(|rel| rel.to_str());
+        // A search skips hidden entries, as ripgrep does, except the directories a pattern
+        // names literally (`.corral/workflows/*.js` walks `.corral/workflows`, and nothing
+        // else hidden).
+        if mode == Mode::Search
+            && entry.depth() > 0
+            && entry.file_name().as_encoded_bytes().first() == Some(&b'.')
+        {
+            let named = entry.file_type().is_some_and(|t| t.is_dir())
+                && rel
+                    .zip(prefix.as_deref())
+                    .is_some_and(|(rel, prefix)| is_dir_prefix(rel, prefix));
+            if !named {
+                return false;
+            }
         }
         if !entry.file_type().is_some_and(|t| t.is_dir()) {
             return true;
         }
-        let Ok(rel) = entry.path().strip_prefix(&base) else {
-            return true;
-        };
-        let Some(rel) = rel.to_str() else {
+        let Some(rel) = rel else {
             return true;
         };
         if let Some(prefix) = &prefix {
