@@ -252,20 +252,17 @@ pub struct Said {
     pub stderr: String,
 }
 
-/// Runs `corral ARGS --data-dir DATA` in `dir`, with the corral.toml of `dir` (never one named
-/// by the environment) and `env` set.
+/// Runs `corral ARGS` in `dir` with its journal in `data` (`CORRAL_DATA_DIR`, which every
+/// command reads), the corral.toml of `dir` (never one named by the environment) and `env` set.
 pub fn corral_in(dir: &Path, data: &Path, env: &[(&str, &str)], args: &[&str]) -> Said {
-    let mut command = corral();
-    command
+    let output = corral()
         .current_dir(dir)
         .env_remove("CORRAL_CONFIG")
+        .env("CORRAL_DATA_DIR", data)
+        .envs(env.iter().copied())
         .args(args)
-        .arg("--data-dir")
-        .arg(data);
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    let output = command.output().expect("corral runs");
+        .output()
+        .expect("corral runs");
     Said {
         code: output.status.code(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

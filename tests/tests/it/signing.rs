@@ -11,23 +11,7 @@ use corral_host::artifact::{Script, embed_script};
 use corral_host::{Runtime, RuntimeConfig};
 use serde_json::{Value, json};
 use tests::server::{Api, TestServer};
-use tests::support::{Run, Said, corral, result};
-
-/// `corral ARGS` in `dir`, with the journal in `data`.
-fn corral_in(dir: &Path, data: &Path, env: &[(&str, &str)], args: &[&str]) -> Said {
-    let output = corral()
-        .current_dir(dir)
-        .env("CORRAL_DATA_DIR", data)
-        .envs(env.iter().copied())
-        .args(args)
-        .output()
-        .expect("corral runs");
-    Said {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
+use tests::support::{Run, corral_in, result};
 
 /// A script that reports what its policy let it do.
 const PROBE: &str = r#"
@@ -68,6 +52,15 @@ fn ok(dir: &Path, data: &Path, args: &[&str]) -> String {
     said.stdout
 }
 
+/// `corral build probe.js -o OUT --policy policy.toml`, signed with `key` if given.
+fn build((dir, data): (&Path, &Path), out: &str, key: Option<&str>) -> String {
+    let mut args = vec!["build", "probe.js", "-o", out, "--policy", "policy.toml"];
+    if let Some(key) = key {
+        args.extend(["--sign", key]);
+    }
+    ok(dir, data, &args)
+}
+
 fn refused(dir: &Path, data: &Path, args: &[&str]) -> String {
     let said = corral_in(dir, data, &[], args);
     assert_eq!(said.code, Some(2), "corral {args:?}: {}", said.stderr);
@@ -78,32 +71,8 @@ fn refused(dir: &Path, data: &Path, args: &[&str]) -> String {
 fn unsigned_tampered_and_untrusted_artifacts_are_refused_each_with_its_fix() {
     let (dir, data) = workspace();
     let (d, data) = (dir.path(), data.path());
-    ok(
-        d,
-        data,
-        &[
-            "build",
-            "probe.js",
-            "-o",
-            "plain.wasm",
-            "--policy",
-            "policy.toml",
-        ],
-    );
-    ok(
-        d,
-        data,
-        &[
-            "build",
-            "probe.js",
-            "-o",
-            "signed.wasm",
-            "--policy",
-            "policy.toml",
-            "--sign",
-            "k",
-        ],
-    );
+    build((d, data), "plain.wasm", None);
+    build((d, data), "signed.wasm", Some("k"));
     let require = [
         "--no-journal",
         "-q",
@@ -181,20 +150,7 @@ fn unsigned_tampered_and_untrusted_artifacts_are_refused_each_with_its_fix() {
 fn a_manifest_narrower_than_the_flags_wins() {
     let (dir, data) = workspace();
     let (d, data) = (dir.path(), data.path());
-    ok(
-        d,
-        data,
-        &[
-            "build",
-            "probe.js",
-            "-o",
-            "signed.wasm",
-            "--policy",
-            "policy.toml",
-            "--sign",
-            "k",
-        ],
-    );
+    build((d, data), "signed.wasm", Some("k"));
     let output = ok(
         d,
         data,
@@ -295,27 +251,14 @@ fn refused_any(dir: &Path, data: &Path, args: &[&str]) -> String {
 fn signing_is_deterministic() {
     let (dir, data) = workspace();
     let (d, data) = (dir.path(), data.path());
-    let build = |out: &str| {
-        ok(
-            d,
-            data,
-            &[
-                "build",
-                "probe.js",
-                "-o",
-                out,
-                "--policy",
-                "policy.toml",
-                "--sign",
-                "k",
-            ],
-        );
+    let signed = |out: &str| {
+        build((d, data), out, Some("k"));
         std::fs::read(d.join(out)).unwrap()
     };
-    let first = build("one.wasm");
+    let first = signed("one.wasm");
     assert_eq!(
         first,
-        build("two.wasm"),
+        signed("two.wasm"),
         "the same inputs give the same bytes"
     );
     // Building then signing gives the same bytes as building signed; so does signing again.
@@ -401,20 +344,7 @@ fn a_tenant_with_trusted_keys_takes_only_workflows_they_signed() {
     let (dir, data) = workspace();
     let (d, data_dir) = (dir.path(), data.path());
     ok(d, data_dir, &["build", "probe.js", "-o", "plain.wasm"]);
-    ok(
-        d,
-        data_dir,
-        &[
-            "build",
-            "probe.js",
-            "-o",
-            "signed.wasm",
-            "--policy",
-            "policy.toml",
-            "--sign",
-            "k",
-        ],
-    );
+    build((d, data_dir), "signed.wasm", Some("k"));
     ok(
         d,
         data_dir,

@@ -57,12 +57,7 @@ impl PublicKey {
     /// Reads a `.pub` file's text, or its bare base64 line (what `minisign -P` takes).
     pub fn parse(text: &str) -> Result<Self, FormatError> {
         const WHAT: &str = "public key";
-        let line = text
-            .lines()
-            .map(str::trim)
-            .find(|line| !line.is_empty() && !line.starts_with("untrusted comment:"))
-            .ok_or_else(|| format_error(WHAT, "it has no key line"))?;
-        let bytes = decode(WHAT, line)?;
+        let bytes = key_line(WHAT, text)?;
         if bytes.len() != 42 || &bytes[..2] != b"Ed" {
             return Err(format_error(
                 WHAT,
@@ -149,12 +144,7 @@ impl SecretKey {
     /// Reads a secret key file (unencrypted; minisign's own unencrypted keys read too).
     pub fn parse(text: &str) -> Result<Self, FormatError> {
         const WHAT: &str = "secret key";
-        let line = text
-            .lines()
-            .map(str::trim)
-            .find(|line| !line.is_empty() && !line.starts_with("untrusted comment:"))
-            .ok_or_else(|| format_error(WHAT, "it has no key line"))?;
-        let bytes = decode(WHAT, line)?;
+        let bytes = key_line(WHAT, text)?;
         if bytes.len() != 158 || &bytes[..2] != b"Ed" || &bytes[4..6] != b"B2" {
             return Err(format_error(
                 WHAT,
@@ -329,6 +319,16 @@ impl Signature {
             Err(VerifyError::Mismatch(self.id))
         }
     }
+}
+
+/// The decoded key line of a key file's text (the first line that is not its untrusted comment).
+fn key_line(what: &'static str, text: &str) -> Result<Vec<u8>, FormatError> {
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty() && !line.starts_with("untrusted comment:"))
+        .ok_or_else(|| format_error(what, "it has no key line"))?;
+    decode(what, line)
 }
 
 fn decode(what: &'static str, line: &str) -> Result<Vec<u8>, FormatError> {
