@@ -885,8 +885,13 @@ fn migrate(connection: &Connection) -> rusqlite::Result<()> {
             .collect::<rusqlite::Result<_>>()?;
         for (column, kind) in added {
             if !existing.iter().any(|name| name == column) {
-                connection
-                    .execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+                match connection
+                    .execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+                {
+                    // Another process opening the same journal added it first.
+                    Err(error) if error.to_string().contains("duplicate column name") => {}
+                    other => other?,
+                }
             }
         }
     }

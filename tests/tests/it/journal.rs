@@ -523,6 +523,10 @@ fn runs_stop_agent_stops_one_call_which_resolves_to_null_and_the_run_goes_on() {
          return { first }",
     )
     .unwrap();
+    // Compile the JS runtime into this process's cache first (in a debug build Cranelift can take
+    // longer than the waits below), so that the run under test starts at once.
+    let warm = run(corral().args(["check", script.to_str().unwrap()]));
+    assert!(warm.status.success(), "{}", stderr(&warm));
     let child = corral()
         .args([
             "run",
