@@ -240,17 +240,18 @@ fn write_leb(out: &mut Vec<u8>, mut value: u32) {
     }
 }
 
+/// A component header plus one (empty) core module section, for the section tests.
+#[cfg(test)]
+pub(crate) fn tiny() -> Vec<u8> {
+    let mut bytes = b"\0asm\x0d\0\x01\0".to_vec();
+    bytes.extend_from_slice(&[1, 8]);
+    bytes.extend_from_slice(b"\0asm\x01\0\0\0");
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A component header plus one (empty) core module section.
-    fn tiny() -> Vec<u8> {
-        let mut bytes = b"\0asm\x0d\0\x01\0".to_vec();
-        bytes.extend_from_slice(&[1, 8]);
-        bytes.extend_from_slice(b"\0asm\x01\0\0\0");
-        bytes
-    }
 
     #[test]
     fn scripts_round_trip_and_replace_earlier_ones() {

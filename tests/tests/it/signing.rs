@@ -151,21 +151,21 @@ fn a_manifest_narrower_than_the_flags_wins() {
     let (dir, data) = workspace();
     let (d, data) = (dir.path(), data.path());
     build((d, data), "signed.wasm", Some("k"));
-    let output = ok(
-        d,
-        data,
-        &[
+    // The probe's answer for a file, run with flags that grant everything.
+    let probe = |file: &str| -> Value {
+        let args = [
             "run",
-            "signed.wasm",
+            file,
             "--no-journal",
             "-q",
             "--root",
             ".",
             "--max-agents",
             "100",
-        ],
-    );
-    let outcome: Value = serde_json::from_str(output.trim()).unwrap();
+        ];
+        serde_json::from_str(ok(d, data, &args).trim()).unwrap()
+    };
+    let outcome = probe("signed.wasm");
     assert_eq!(
         outcome,
         json!({
@@ -178,24 +178,7 @@ fn a_manifest_narrower_than_the_flags_wins() {
     );
     // Without the manifest the same flags grant it all.
     ok(d, data, &["build", "probe.js", "-o", "open.wasm"]);
-    let open: Value = serde_json::from_str(
-        ok(
-            d,
-            data,
-            &[
-                "run",
-                "open.wasm",
-                "--no-journal",
-                "-q",
-                "--root",
-                ".",
-                "--max-agents",
-                "100",
-            ],
-        )
-        .trim(),
-    )
-    .unwrap();
+    let open = probe("open.wasm");
     assert_eq!(open["git"], "ok");
     assert_eq!(open["agents"], json!(["ok", "ok", "ok"]));
 

@@ -143,14 +143,7 @@ pub fn check_signature(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::artifact::{Script, embed_script, embedded_script, list_sections};
-
-    fn tiny() -> Vec<u8> {
-        let mut bytes = b"\0asm\x0d\0\x01\0".to_vec();
-        bytes.extend_from_slice(&[1, 8]);
-        bytes.extend_from_slice(b"\0asm\x01\0\0\0");
-        bytes
-    }
+    use crate::artifact::{Script, embed_script, embedded_script, list_sections, tiny};
 
     fn key(seed: u8) -> SecretKey {
         SecretKey::from_seed(KeyId([seed; 8]), [seed; 32])
