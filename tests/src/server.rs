@@ -264,9 +264,25 @@ impl Api {
     /// Reads the SSE stream of run `id` (after event `after`, via `Last-Event-ID`) until it ends
     /// or `max` events came: (id, JSON) pairs.
     pub fn events(&self, id: &str, after: Option<u64>, max: usize) -> Vec<(u64, Value)> {
-        let mut request = self
-            .client
-            .get(format!("{}/v1/runs/{id}/events", self.base));
+        self.stream(&format!("/v1/runs/{id}/events"), after, max)
+    }
+
+    /// Reads the SSE stream at `path` until it ends or `max` events came: (id, JSON) pairs, the
+    /// id 0 for an event without one.
+    pub fn stream(&self, path: &str, after: Option<u64>, max: usize) -> Vec<(u64, Value)> {
+        self.stream_connected(path, after, max, || {})
+    }
+
+    /// [`Api::stream`], calling `connected` once the server has answered the request's headers
+    /// (for `/v1/events`: once it is subscribed, so nothing after that is missed).
+    pub fn stream_connected(
+        &self,
+        path: &str,
+        after: Option<u64>,
+        max: usize,
+        connected: impl FnOnce(),
+    ) -> Vec<(u64, Value)> {
+        let mut request = self.client.get(format!("{}{path}", self.base));
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -276,6 +292,7 @@ impl Api {
         self.runtime.block_on(async {
             let mut response = request.send().await.expect("the server answers");
             assert_eq!(response.status().as_u16(), 200);
+            connected();
             let (mut buffer, mut events) = (String::new(), Vec::new());
             let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
             while events.len() < max {
@@ -297,8 +314,8 @@ impl Api {
                             data = serde_json::from_str(v.trim()).ok();
                         }
                     }
-                    if let (Some(seq), Some(data)) = (seq, data) {
-                        events.push((seq, data));
+                    if let Some(data) = data {
+                        events.push((seq.unwrap_or(0), data));
                     }
                 }
             }

@@ -28,6 +28,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+mod dashboard;
 mod error;
 mod metrics;
 mod views;
@@ -44,7 +45,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/readyz"),
     ("GET", "/metrics"),
     ("GET", "/v1/openapi.json"),
+    ("GET", "/v1/events"),
     ("PUT", "/v1/workflows"),
+    ("GET", "/v1/workflows"),
     ("GET", "/v1/workflows/{hash}"),
     ("POST", "/v1/runs"),
     ("GET", "/v1/runs"),
@@ -99,11 +102,13 @@ pub fn router(service: RunService, options: ServerOptions) -> (Router, Arc<Atomi
         draining: Arc::clone(&draining),
     };
     let router = Router::new()
+        .merge(dashboard::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/v1/openapi.json", get(openapi))
-        .route("/v1/workflows", put(upload_workflow))
+        .route("/v1/events", get(run_changes))
+        .route("/v1/workflows", put(upload_workflow).get(list_workflows))
         .route("/v1/workflows/{hash}", get(get_workflow))
         .route("/v1/runs", post(submit_run).get(list_runs))
         .route("/v1/runs/{id}", get(get_run))
@@ -370,6 +375,25 @@ async fn upload_workflow(
         .into_response())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkflowsQuery {
+    limit: Option<usize>,
+}
+
+async fn list_workflows(
+    State(state): State<AppState>,
+    auth: Auth,
+    query: Result<Query<WorkflowsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = query.limit.unwrap_or(100).clamp(1, state.options.max_page);
+    let workflows = state.service.workflows(Some(auth.tenant()), limit)?;
+    Ok(Json(json!({
+        "workflows": workflows.iter().map(views::workflow).collect::<Vec<_>>(),
+    })))
+}
+
 async fn get_workflow(
     State(state): State<AppState>,
     auth: Auth,
@@ -519,7 +543,12 @@ async fn submit_run(
     };
     if query.plan {
         let plan = service.plan(&spec).await?;
-        return Ok(Json(json!({"plan": plan})).into_response());
+        let mut answer = serde_json::to_value(&plan).unwrap_or_default();
+        if let Some(object) = answer.as_object_mut() {
+            // Why its agents would wait for each other's budget, if they would.
+            object.insert("contention".into(), json!(plan.contention()));
+        }
+        return Ok(Json(json!({"plan": answer})).into_response());
     }
     // The plan is checked against a budget the request names; the tenant's default budget still
     // stops the run, but does not cost every submission a dry run.
@@ -719,6 +748,42 @@ async fn run_events(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
+}
+
+/// `GET /v1/events`: the caller's runs as they change status (recorded, admitted, ended), for a
+/// live list of runs. Only changes from the moment of the request: read `GET /v1/runs` after
+/// subscribing to catch up.
+async fn run_changes(State(state): State<AppState>, auth: Auth) -> Response {
+    let tenant = auth.tenant().to_string();
+    let changes = state.service.run_changes();
+    let stream = futures_util::stream::unfold(changes, move |mut changes| {
+        let tenant = tenant.clone();
+        async move {
+            loop {
+                match changes.recv().await {
+                    Ok(change) if change.tenant.as_deref() == Some(tenant.as_str()) => {
+                        let data = json!({
+                            "event": "run_changed",
+                            "id": change.id,
+                            "status": change.status,
+                        });
+                        let event = Event::default().data(data.to_string());
+                        return Some((Ok::<_, Infallible>(event), changes));
+                    }
+                    Ok(_) => {}
+                    // Fell behind: say so, so that the client reads the list again.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let event = Event::default().data(r#"{"event":"lagged"}"#);
+                        return Some((Ok(event), changes));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
 }
 
 async fn stop_run(

@@ -2,7 +2,7 @@
 
 use corral_host::config::CorralConfig;
 use corral_host::provider::Usage;
-use corral_store::{CallRow, CallTranscript, RunDetail, RunSummary, format_time};
+use corral_store::{CallRow, CallTranscript, RunDetail, RunSummary, WorkflowListing, format_time};
 use serde_json::{Value, json};
 
 fn usage(usage: &Usage) -> Value {
@@ -28,6 +28,11 @@ pub fn summary(run: &RunSummary) -> Value {
         "workflow": run.workflow,
         "status": run.status,
         "agents": run.agents,
+        "outcomes": {
+            "ok": run.ok,
+            "failed": run.failed - run.refused,
+            "refused": run.refused,
+        },
         "tokens": usage(&run.tokens),
         "cost": run.cost,
         "started": time(Some(run.started_ms)),
@@ -71,6 +76,7 @@ pub fn detail(run: &RunDetail, config: &CorralConfig) -> Value {
     object.insert("root".into(), json!(run.root));
     object.insert("provider".into(), json!(run.provider));
     object.insert("workflow_hash".into(), json!(run.workflow_hash));
+    object.insert("script".into(), json!(run.script));
     object.insert(
         "args".into(),
         serde_json::from_str(&run.args).unwrap_or(Value::Null),
@@ -89,6 +95,16 @@ pub fn detail(run: &RunDetail, config: &CorralConfig) -> Value {
         ),
     );
     value
+}
+
+/// A row of `GET /v1/workflows`.
+pub fn workflow(workflow: &WorkflowListing) -> Value {
+    json!({
+        "hash": workflow.hash,
+        "name": workflow.name,
+        "kind": if workflow.script { "script" } else { "component" },
+        "created": time(Some(workflow.created_ms)),
+    })
 }
 
 /// One agent call, for `GET /v1/runs/{id}/agents`.

@@ -18,7 +18,7 @@ pub mod tenancy;
 pub use error::{ErrorKind, ServiceError};
 pub use plan::{ModelPlan, PhasePlan, Plan};
 pub use service::{
-    BundledRuntime, EventFeed, Fanout, ProviderInfo, RunHandle, RunOutcome, RunService,
+    BundledRuntime, EventFeed, Fanout, ProviderInfo, RunChange, RunHandle, RunOutcome, RunService,
     ServiceConfig, StartOptions, StopAnswer,
 };
 pub use spec::{RootRef, RunSpec, ScriptRef, WorkflowRef};

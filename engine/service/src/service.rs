@@ -150,6 +150,19 @@ struct Inner {
     tenancy: Option<Arc<Tenancy>>,
     live: Mutex<HashMap<String, LiveRun>>,
     stop_poller: std::sync::atomic::AtomicBool,
+    changes: broadcast::Sender<RunChange>,
+}
+
+/// A run changed status: it was recorded (queued or running), admitted, or ended. The
+/// dashboard's run list follows these (`GET /v1/events`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunChange {
+    /// The run's tenant (`None`: a local run).
+    pub tenant: Option<String>,
+    /// The run.
+    pub id: String,
+    /// Its status now.
+    pub status: RunStatus,
 }
 
 /// The run service. Cheap to clone; every clone is the same service.
@@ -176,6 +189,7 @@ impl RunService {
                 tenancy: config.tenancy,
                 live: Mutex::new(HashMap::new()),
                 stop_poller: std::sync::atomic::AtomicBool::new(false),
+                changes: broadcast::channel(LIVE_EVENT_BUFFER).0,
             }),
         }
     }
@@ -737,6 +751,7 @@ impl RunService {
                     agents: agent_stops,
                 },
             );
+            self.changed(&spec.tenant, id, status);
         }
         let cost = Arc::new(CostMeter::new(self.inner.config.clone()));
         let mut sinks = options.sinks;
@@ -794,6 +809,7 @@ impl RunService {
                         slot = ticket.admitted() => {
                             if let (Some(store), Some(id)) = (&store, &run_id) {
                                 let _ = store.set_status(id, RunStatus::Running);
+                                service.changed(&spec.tenant, id, RunStatus::Running);
                             }
                             Some(slot)
                         }
@@ -868,6 +884,7 @@ impl RunService {
             if let (Some(store), Some(id)) = (&store, &run_id) {
                 let _ = store.flush();
                 service.lock_live().remove(id);
+                service.changed(&spec.tenant, id, final_status(&report.outcome));
             }
             RunOutcome {
                 id: run_id,
@@ -1176,6 +1193,30 @@ impl RunService {
     ) -> Result<Option<CallTranscript>, ServiceError> {
         let id = self.resolve(scope, id)?;
         Ok(self.store()?.call_transcript(&id, seq)?)
+    }
+
+    /// Every run status change from now on, of every tenant (filter by [`RunChange::tenant`]).
+    /// A subscriber that falls more than [`LIVE_EVENT_BUFFER`] behind is told it lagged.
+    pub fn run_changes(&self) -> broadcast::Receiver<RunChange> {
+        self.inner.changes.subscribe()
+    }
+
+    fn changed(&self, tenant: &Option<String>, id: &str, status: RunStatus) {
+        // Nobody listening is fine.
+        let _ = self.inner.changes.send(RunChange {
+            tenant: tenant.clone(),
+            id: id.to_string(),
+            status,
+        });
+    }
+
+    /// The workflows `tenant` (or the local user, with `None`) stored, newest first.
+    pub fn workflows(
+        &self,
+        tenant: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<corral_store::WorkflowListing>, ServiceError> {
+        Ok(self.store()?.workflows(tenant, limit)?)
     }
 
     /// Events of run `id` after `after` that are already stored, and a receiver of the ones

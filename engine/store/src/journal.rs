@@ -21,6 +21,7 @@ use corral_host::record::{CallRecorder, RecordedCall, now_ms};
 use crate::{
     CallRow, CallStatus, CallTranscript, LogEntry, NewRun, RunDetail, RunFilter, RunFinish,
     RunStatus, RunStore, RunSummary, StoreError, StoredWorkflow, TenantRow, TokenRow, WorkflowBody,
+    WorkflowListing,
 };
 
 const SCHEMA: &str = "
@@ -533,16 +534,16 @@ impl RunStore for Journal {
                 |row| {
                     Ok(RunDetail {
                         summary: summary_row(row)?,
-                        args: row.get(13)?,
-                        root: row.get(14)?,
-                        script: row.get(15)?,
-                        result: row.get(16)?,
-                        error: row.get(17)?,
-                        provider: row.get(18)?,
-                        limits: row.get(19)?,
-                        resumed_from: row.get(20)?,
-                        workflow_hash: row.get(21)?,
-                        spec: row.get(22)?,
+                        args: row.get(SUMMARY_WIDTH)?,
+                        root: row.get(SUMMARY_WIDTH + 1)?,
+                        script: row.get(SUMMARY_WIDTH + 2)?,
+                        result: row.get(SUMMARY_WIDTH + 3)?,
+                        error: row.get(SUMMARY_WIDTH + 4)?,
+                        provider: row.get(SUMMARY_WIDTH + 5)?,
+                        limits: row.get(SUMMARY_WIDTH + 6)?,
+                        resumed_from: row.get(SUMMARY_WIDTH + 7)?,
+                        workflow_hash: row.get(SUMMARY_WIDTH + 8)?,
+                        spec: row.get(SUMMARY_WIDTH + 9)?,
                         calls: Vec::new(),
                         events: Vec::new(),
                     })
@@ -774,6 +775,37 @@ impl RunStore for Journal {
         }))
     }
 
+    fn workflows(
+        &self,
+        tenant: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<WorkflowListing>, StoreError> {
+        let db = self.reader()?;
+        let mut statement = db
+            .prepare_cached(
+                "SELECT hash, name, script IS NOT NULL, created_ms FROM workflows \
+                 WHERE tenant = ?1 ORDER BY created_ms DESC, hash LIMIT ?2",
+            )
+            .map_err(|e| self.error(e))?;
+        let rows = statement
+            .query_map(
+                params![
+                    tenant.unwrap_or(""),
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+                |row| {
+                    Ok(WorkflowListing {
+                        hash: row.get(0)?,
+                        name: row.get(1)?,
+                        script: row.get(2)?,
+                        created_ms: row.get(3)?,
+                    })
+                },
+            )
+            .map_err(|e| self.error(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.error(e))
+    }
+
     fn put_tenant(&self, tenant: &TenantRow) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO tenants (name, quota, created_ms) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO UPDATE SET quota = excluded.quota",
@@ -907,7 +939,14 @@ const SUMMARY_COLUMNS: &str = "id, workflow, status, \
     (SELECT COALESCE(SUM(output_tokens), 0) FROM calls c WHERE c.run_id = runs.id AND replayed = 0), \
     (SELECT COALESCE(SUM(cache_read_tokens), 0) FROM calls c WHERE c.run_id = runs.id AND replayed = 0), \
     (SELECT COALESCE(SUM(cache_write_tokens), 0) FROM calls c WHERE c.run_id = runs.id AND replayed = 0), \
-    cost, started_ms, finished_ms, pid, tenant";
+    cost, started_ms, finished_ms, pid, tenant, \
+    (SELECT COUNT(*) FROM calls c WHERE c.run_id = runs.id AND status = 'ok'), \
+    (SELECT COUNT(*) FROM calls c WHERE c.run_id = runs.id AND status = 'failed'), \
+    (SELECT COUNT(*) FROM calls c WHERE c.run_id = runs.id AND status = 'failed' \
+        AND error_kind IN ('budget-exhausted', 'agent-limit', 'denied'))";
+
+/// How many columns [`SUMMARY_COLUMNS`] has: a query's own columns come after them.
+const SUMMARY_WIDTH: usize = 16;
 
 fn summary_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunSummary> {
     let status: String = row.get(2)?;
@@ -923,6 +962,9 @@ fn summary_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunSummary> {
         finished_ms: row.get(10)?,
         pid: row.get(11)?,
         tenant: row.get(12)?,
+        ok: row.get::<_, i64>(13)? as u64,
+        failed: row.get::<_, i64>(14)? as u64,
+        refused: row.get::<_, i64>(15)? as u64,
     })
 }
 

@@ -200,6 +200,12 @@ pub struct RunSummary {
     pub status: RunStatus,
     /// Agent calls.
     pub agents: u64,
+    /// Of those, the ones that answered.
+    pub ok: u64,
+    /// Of those, the ones that failed, refused ones included.
+    pub failed: u64,
+    /// Of the failed ones, those the host refused (`budget-exhausted`, `agent-limit`, `denied`).
+    pub refused: u64,
     /// Tokens of every kind (replayed answers excluded).
     pub tokens: Usage,
     /// Cost in dollars, when prices are known.
@@ -311,6 +317,19 @@ pub struct StoredWorkflow {
     pub tenant: Option<String>,
     /// What it is.
     pub body: WorkflowBody,
+    /// When it was stored, ms since the epoch.
+    pub created_ms: i64,
+}
+
+/// A stored workflow as listed: what it is, not its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowListing {
+    /// SHA-256 of the component bytes, or of the script source.
+    pub hash: String,
+    /// Its display name.
+    pub name: String,
+    /// Whether it is a script (else a component).
+    pub script: bool,
     /// When it was stored, ms since the epoch.
     pub created_ms: i64,
 }
@@ -428,6 +447,13 @@ pub trait RunStore: Send + Sync + 'static {
         tenant: Option<&str>,
         hash: &str,
     ) -> Result<Option<StoredWorkflow>, StoreError>;
+    /// The workflows of `tenant` (or the local ones, with `None`), newest first, at most `limit`:
+    /// hash, name, kind and when, without their bodies.
+    fn workflows(
+        &self,
+        tenant: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<WorkflowListing>, StoreError>;
     /// Adds or replaces a tenant.
     fn put_tenant(&self, tenant: &TenantRow) -> Result<(), StoreError>;
     /// Every tenant.

@@ -5,6 +5,7 @@
 mod adversarial;
 mod budget;
 mod cli;
+mod dashboard;
 mod guests_used;
 mod journal;
 mod js_workflows;
@@ -18,3 +19,4 @@ mod script_format;
 mod server;
 mod signing;
 mod tools;
+mod watch;

@@ -5,13 +5,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tests::fake_llm::{FakeLlm, Protocol};
 use tests::guests::guest_path;
 use tests::server::{Answer, Api, TestServer, corral_ok, tenant_with_token};
-use tests::support::fixture_repo;
+use tests::support::{fixture_repo, wait_until};
 
 /// `n` agents at once; each call's prompt is `fan-out call I`.
 const FANOUT: &str = "export const meta = { name: 'fanout', description: 'n agents at once' }
@@ -20,17 +20,6 @@ const opts = (i) => ({ phase: args.phase ?? 'Fan', label: `call ${i}`, maxTokens
 const results = await parallel(Array.from({ length: n }, (_, i) => () => agent(`fan-out call ${i}`, opts(i))))
 return results.filter((r) => r !== null).length
 ";
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let began = Instant::now();
-    while !done() {
-        assert!(
-            began.elapsed() < Duration::from_secs(120),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn assert_error(answer: &Answer, status: u16, code: &str) {
     assert_eq!(answer.status, status, "{}", answer.text);
@@ -224,7 +213,16 @@ fn another_tenants_things_answer_exactly_like_unknown_ones() {
     for path in ["/v1/runs/{}/stop", "/v1/runs/{}/resume"] {
         same(path, "POST", &id, unknown_run);
     }
-    // Nor can it run the other tenant's workflow, list its runs or see its usage.
+    // Nor can it run the other tenant's workflow, list its workflows or runs, or see its usage.
+    assert_eq!(b.get("/v1/workflows").json["workflows"], json!([]));
+    let listed = a.get("/v1/workflows");
+    assert_eq!(
+        listed.json["workflows"][0]["hash"],
+        hash.as_str(),
+        "{}",
+        listed.text
+    );
+    assert_eq!(listed.json["workflows"][0]["kind"], "script");
     let theirs = b.post("/v1/runs", &json!({"workflow": hash}));
     assert_error(&theirs, 404, "not_found");
     assert_eq!(b.get("/v1/runs").json["runs"], json!([]));
@@ -947,4 +945,39 @@ fn sigterm_then_restart_resumes_runs_without_paying_again() {
 #[test]
 fn kill_9_mid_fan_out_then_restart_resumes_without_paying_again() {
     restart_without_paying_twice(true);
+}
+
+#[test]
+fn the_run_changes_stream_carries_only_the_callers_runs() {
+    let data = tempfile::tempdir().unwrap();
+    let acme = tenant_with_token(data.path(), "acme", &[]);
+    let globex = tenant_with_token(data.path(), "globex", &[]);
+    let server = TestServer::start(data.path(), &[], &[]);
+    let (a, b) = (server.client(&acme), server.client(&globex));
+    let (url, token) = (server.url.clone(), globex.clone());
+    // Globex subscribes; then acme runs, then globex: its stream must show only its own run.
+    let (subscribed, connected) = std::sync::mpsc::channel();
+    let listening = std::thread::spawn(move || {
+        Api::new(&url, Some(&token)).stream_connected("/v1/events", None, 2, move || {
+            subscribed.send(()).unwrap();
+        })
+    });
+    connected.recv_timeout(Duration::from_secs(60)).unwrap();
+    let theirs = a.submit(&json!({"script": FANOUT, "args": {"n": 2}}));
+    a.wait(&theirs);
+    let own = b.submit(&json!({"script": FANOUT, "args": {"n": 1}}));
+    b.wait(&own);
+    let seen = listening.join().unwrap();
+    let changes: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|(_, e)| (e["id"].as_str().unwrap(), e["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        changes,
+        [(own.as_str(), "running"), (own.as_str(), "succeeded")],
+        "{seen:?}"
+    );
+    assert!(seen.iter().all(|(_, e)| e["event"] == "run_changed"));
+    // A missing token is refused like on every /v1 endpoint.
+    assert_eq!(Api::new(&server.url, None).get("/v1/events").status, 401);
 }

@@ -20,6 +20,7 @@ mod runs;
 mod script;
 mod serve;
 mod sign;
+mod watch;
 
 /// The workflow returned an error or crashed.
 pub const EXIT_WORKFLOW: u8 = 1;
@@ -65,7 +66,7 @@ enum Command {
         #[command(subcommand)]
         command: sign::KeysCommand,
     },
-    /// The journal of runs: list, show, stop, resume.
+    /// The journal of runs: list, show, watch, stop, resume.
     Runs {
         #[command(subcommand)]
         command: runs::RunsCommand,

@@ -1,5 +1,5 @@
-//! Where a run's events go on the command line: progress on stderr (plain lines, or a live
-//! view on a terminal) and the `--events` JSON Lines stream.
+//! Where a run's events go on the command line: progress on stderr (on stdout for `corral runs
+//! watch`) — plain lines, or a live view on a terminal — and the `--events` JSON Lines stream.
 //!
 //! Failed agent calls are collapsed by kind, so that a fan-out whose budget ran out reports one
 //! line per kind rather than one per call. On a terminal each kind has one line, redrawn in place.
@@ -28,6 +28,35 @@ pub enum Progress {
     Lines,
     /// One line per phase and per failure kind, redrawn in place (on a terminal).
     Live,
+}
+
+/// Which standard stream progress is written to: stderr for `corral run` (its result goes to
+/// stdout), stdout for `corral runs watch` (the view is its output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard error.
+    Stderr,
+    /// Standard output.
+    Stdout,
+}
+
+impl Stream {
+    /// Writes one line, ignoring a closed stream (`corral runs watch ID | head`).
+    pub fn line(self, line: impl std::fmt::Display) {
+        let _ = match self {
+            Stream::Stderr => writeln!(std::io::stderr(), "{line}"),
+            Stream::Stdout => writeln!(std::io::stdout(), "{line}"),
+        };
+    }
+
+    /// Whether the stream is a terminal.
+    pub fn is_terminal(self) -> bool {
+        use std::io::IsTerminal;
+        match self {
+            Stream::Stderr => std::io::stderr().is_terminal(),
+            Stream::Stdout => std::io::stdout().is_terminal(),
+        }
+    }
 }
 
 /// Per-phase counters, tokens and cost: what the live view shows and the summary reports.
@@ -129,6 +158,7 @@ pub struct Tally {
     config: CorralConfig,
     started: Instant,
     progress: Progress,
+    stream: Stream,
     /// The simulated provider buys nothing: its models' missing prices are no unknown cost.
     simulated: AtomicBool,
     state: Mutex<TallyState>,
@@ -144,21 +174,73 @@ struct TallyState {
     failures: Vec<Failures>,
     failure_bars: Vec<ProgressBar>,
     unpriced: BTreeSet<String>,
+    /// Plain lines: each phase's counts when [`Tally::print_counts`] last printed them.
+    counted: BTreeMap<String, (u64, u64, u64, u64)>,
 }
 
 impl Tally {
-    /// A tally showing `progress` on stderr.
+    /// A tally showing `progress` on stderr, of a run starting now.
     pub fn new(config: CorralConfig, progress: Progress) -> Arc<Self> {
-        let view = (progress == Progress::Live)
-            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)));
+        Tally::on(Stream::Stderr, config, progress, Instant::now())
+    }
+
+    /// A tally showing `progress` on `stream`, of a run that started at `started` (phase lines
+    /// show the time since).
+    pub fn on(
+        stream: Stream,
+        config: CorralConfig,
+        progress: Progress,
+        started: Instant,
+    ) -> Arc<Self> {
+        let view = (progress == Progress::Live).then(|| {
+            MultiProgress::with_draw_target(match stream {
+                Stream::Stderr => ProgressDrawTarget::stderr_with_hz(10),
+                Stream::Stdout => ProgressDrawTarget::stdout_with_hz(10),
+            })
+        });
         Arc::new(Tally {
             config,
-            started: Instant::now(),
+            started,
             progress,
+            stream,
             simulated: AtomicBool::new(false),
             state: Mutex::new(TallyState::default()),
             view,
         })
+    }
+
+    /// Time since the run started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Prints a line of its own: above the live view, or as a plain line (also when quiet).
+    pub fn say(&self, line: &str) {
+        match &self.view {
+            Some(view) => {
+                let _ = view.println(line);
+            }
+            None => self.stream.line(line),
+        }
+    }
+
+    /// Plain lines: one line per phase whose counts changed since its last such line (call it
+    /// every few seconds, so that logs show a run advancing without a line per agent).
+    pub fn print_counts(&self) {
+        if self.progress != Progress::Lines {
+            return;
+        }
+        let mut state = self.lock();
+        let state = &mut *state;
+        for name in &state.order {
+            let tally = &state.phases[name];
+            let counts = (tally.done, tally.running, tally.queued, tally.failed);
+            if state.counted.get(name) != Some(&counts) {
+                state.counted.insert(name.clone(), counts);
+                self.stream
+                    .line(phase_line(name, &self.shown(tally), self.elapsed()));
+            }
+        }
     }
 
     /// Tells whether the simulated provider answers the run.
@@ -273,14 +355,14 @@ impl Tally {
             Progress::Live => state.failure_bars[at].set_message(failures.line()),
             Progress::Lines if failures.count == 1 => {
                 failures.printed = 1;
-                eprintln!(
+                self.stream.line(format_args!(
                     "   agent #{id} failed: {kind} (the first; more {kind} failures are counted, not listed): {}",
                     short(message)
-                );
+                ));
             }
             Progress::Lines if milestone(failures.count) => {
                 failures.printed = failures.count;
-                eprintln!("   {}", failures.line());
+                self.stream.line(format_args!("   {}", failures.line()));
             }
             Progress::Lines => {}
         }
@@ -294,7 +376,7 @@ impl Tally {
         for failures in &mut state.failures {
             if failures.count > failures.printed {
                 failures.printed = failures.count;
-                eprintln!("   {}", failures.line());
+                self.stream.line(format_args!("   {}", failures.line()));
             }
         }
     }
@@ -330,7 +412,7 @@ impl EventSink for Tally {
                 if self.progress == Progress::Lines {
                     // Failures so far belong above the new phase's heading.
                     self.print_failure_counts(&mut state);
-                    eprintln!("== {title}");
+                    self.stream.line(format_args!("== {title}"));
                 }
                 self.phase_entry(&mut state, title);
                 title.clone()
@@ -342,7 +424,7 @@ impl EventSink for Tally {
                         drop(state);
                         let _ = view.println(format!("   {message}"));
                     }
-                    (None, Progress::Lines) => eprintln!("   {message}"),
+                    (None, Progress::Lines) => self.stream.line(format_args!("   {message}")),
                     (None, _) => {}
                 }
                 return;

@@ -1,4 +1,4 @@
-//! `corral runs`: the journal of runs — list, show, stop, resume.
+//! `corral runs`: the journal of runs — list, show, watch (in `watch.rs`), stop, resume.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use corral_host::record::ReusePolicy;
 use corral_service::RunService;
+use corral_service::report::PhaseTotals;
 use corral_store::{RunDetail, RunFilter, format_time};
 
 use super::progress::{PhaseTally, cost_cell, phase_line};
@@ -19,6 +20,9 @@ pub enum RunsCommand {
     List(ListArgs),
     /// One run: per-phase totals, then each agent call.
     Show(ShowArgs),
+    /// Follow a run another process or a server is running: one live line per phase, until it
+    /// ends (`s` stops it, `q` quits the view).
+    Watch(super::watch::WatchArgs),
     /// Ask the process running a run to stop it, or only one of its agents (`--agent N`).
     Stop(StopArgs),
     /// Run a run again, answering its completed agent calls from the journal.
@@ -97,7 +101,7 @@ pub struct ResumeArgs {
 }
 
 /// The service over the existing journal (it is an error that there is none yet).
-fn open(args: &ServiceArgs) -> anyhow::Result<RunService> {
+pub(super) fn open(args: &ServiceArgs) -> anyhow::Result<RunService> {
     let dir = data_dir(args)?;
     let path = dir.join("journal.db");
     if !path.exists() {
@@ -113,6 +117,7 @@ pub fn runs(command: RunsCommand) -> anyhow::Result<ExitCode> {
     match command {
         RunsCommand::List(args) => list(args),
         RunsCommand::Show(args) => show(args),
+        RunsCommand::Watch(args) => super::watch::watch(args),
         RunsCommand::Stop(args) => stop(args),
         RunsCommand::Resume(args) => resume(args),
     }
@@ -236,6 +241,34 @@ fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A recorded run's phases that have calls, with their totals and time from first call queued to
+/// last finished, and the totals of all calls (what `runs show` and `runs watch` print).
+pub(super) fn recorded_phases(
+    detail: &RunDetail,
+    config: &corral_host::config::CorralConfig,
+) -> (Vec<(String, PhaseTally, Duration)>, PhaseTotals) {
+    let (phases, mut all) = corral_service::report::phase_totals(detail, config);
+    // The simulated provider buys nothing: its models' missing prices are no unknown cost.
+    let simulated = detail.provider == "sim";
+    if simulated {
+        all.unpriced.clear();
+    }
+    // Phases without a call have no line in the report.
+    let lines = phases
+        .iter()
+        .filter_map(|phase| {
+            let (first, last) = phase.span_ms?;
+            let elapsed = Duration::from_millis((last - first).max(0) as u64);
+            let mut tally = PhaseTally::from(phase);
+            if simulated {
+                tally.unpriced.clear();
+            }
+            Some((phase.name.clone(), tally, elapsed))
+        })
+        .collect();
+    (lines, all)
+}
+
 fn print_report(detail: &RunDetail, config: &corral_host::config::CorralConfig) {
     // Prices come from corral.toml (or the built-in ones), by the model that answered.
     let run = &detail.summary;
@@ -257,23 +290,9 @@ fn print_report(detail: &RunDetail, config: &corral_host::config::CorralConfig) 
     };
     out!("provider {}  args {args}", detail.provider);
     out!();
-    let (phases, mut all) = corral_service::report::phase_totals(detail, config);
-    // The simulated provider buys nothing: its models' missing prices are no unknown cost.
-    let simulated = detail.provider == "sim";
-    if simulated {
-        all.unpriced.clear();
-    }
-    // Phases without a call have no line in the report.
-    for phase in &phases {
-        let Some((first, last)) = phase.span_ms else {
-            continue;
-        };
-        let elapsed = Duration::from_millis((last - first).max(0) as u64);
-        let mut tally = PhaseTally::from(phase);
-        if simulated {
-            tally.unpriced.clear();
-        }
-        out!("{}", phase_line(&phase.name, &tally, elapsed));
+    let (phases, all) = recorded_phases(detail, config);
+    for (name, tally, elapsed) in &phases {
+        out!("{}", phase_line(name, tally, *elapsed));
     }
     let total = all.usage;
     out!(
