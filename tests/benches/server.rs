@@ -123,6 +123,7 @@ fn main() {
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(dir.path().join("cache")),
         max_live_runs: 1100,
+        ..RuntimeConfig::default()
     })
     .unwrap();
     let config = CorralConfig::default();

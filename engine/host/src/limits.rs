@@ -164,6 +164,17 @@ pub const PROGRESS_CALL_BYTES: usize = 32;
 /// space for it up front.
 pub const MAX_MEMORY_CEILING: usize = 4 << 30;
 
+/// `--max-core-instances`: the core wasm instances one workflow component may create. A Rust
+/// guest has a few, the bundled JavaScript runtime a few, a componentize-js guest about 4 and a
+/// componentize-py (CPython) guest about 14 (38 with `--stub-wasi`). The pool counts this many
+/// per live run, so a component that loads always fits once it has a run slot; one with more is
+/// refused at load, naming this limit.
+pub const MAX_CORE_INSTANCES: u32 = 64;
+/// The linear memories one workflow component may define (the pool reserves this many per run).
+pub const MAX_MEMORIES_PER_COMPONENT: u32 = 2;
+/// The tables one workflow component may define (the pool reserves this many per run).
+pub const MAX_TABLES_PER_COMPONENT: u32 = 8;
+
 /// A run ended because it hit one of its limits. Carried inside a trap, so the run's result can
 /// name the limit that ended it.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

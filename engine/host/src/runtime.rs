@@ -18,7 +18,9 @@ use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::host::{self, RunState, WorkflowPre};
-use crate::limits::MAX_MEMORY_CEILING;
+use crate::limits::{
+    MAX_CORE_INSTANCES, MAX_MEMORIES_PER_COMPONENT, MAX_MEMORY_CEILING, MAX_TABLES_PER_COMPONENT,
+};
 
 /// How often the epoch advances; the granularity of CPU-limit checks and async yields.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -33,6 +35,9 @@ pub struct RuntimeConfig {
     pub cache_dir: Option<PathBuf>,
     /// How many runs may be instantiated at once in this process.
     pub max_live_runs: u32,
+    /// `--max-core-instances`: the core instances one component may create (see
+    /// [`crate::limits::MAX_CORE_INSTANCES`]).
+    pub max_core_instances: u32,
 }
 
 impl Default for RuntimeConfig {
@@ -40,6 +45,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             cache_dir: default_cache_dir(),
             max_live_runs: 256,
+            max_core_instances: crate::limits::MAX_CORE_INSTANCES,
         }
     }
 }
@@ -80,6 +86,16 @@ pub enum LoadError {
         /// The workflow's name.
         name: String,
         /// Which import, and how to fix it.
+        message: String,
+        /// Everything the component imports (`corral inspect` lists them, marking the refused).
+        imports: Vec<String>,
+    },
+    /// The component needs more instances, memories or tables than a run may have.
+    #[error("{name} is refused: {message}")]
+    TooLarge {
+        /// The workflow's name.
+        name: String,
+        /// Which limit, and the flag that raises it.
         message: String,
     },
     /// The component does not export what a workflow must.
@@ -182,6 +198,7 @@ pub struct Runtime {
     cache_dir: Option<PathBuf>,
     loaded: Mutex<HashMap<String, Arc<Workflow>>>,
     ticker_stop: Arc<AtomicBool>,
+    max_core_instances: u32,
 }
 
 impl Runtime {
@@ -197,11 +214,19 @@ impl Runtime {
         wasm.max_wasm_stack(WASM_STACK);
         wasm.async_stack_size(WASM_STACK + (1 << 20));
         let live = config.max_live_runs.max(1);
+        let core_instances = config.max_core_instances.max(1);
         let mut pool = PoolingAllocationConfig::default();
+        // Every live run gets the whole per-component shape, so a component that loads (these
+        // are checked when it is compiled or read from the cache) always fits once it has a run
+        // slot: running out of core instances mid-run cannot happen. Core instances are counters
+        // only; memories and tables are reserved address space.
         pool.total_component_instances(live)
-            .total_core_instances(live * 8)
-            .total_memories(live * 2)
-            .total_tables(live * 8)
+            .max_core_instances_per_component(core_instances)
+            .total_core_instances(live.saturating_mul(core_instances))
+            .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+            .total_memories(live * MAX_MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
+            .total_tables(live * MAX_TABLES_PER_COMPONENT)
             .total_stacks(live)
             .max_memory_size(MAX_MEMORY_CEILING);
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
@@ -231,6 +256,7 @@ impl Runtime {
             cache_dir: config.cache_dir,
             loaded: Mutex::new(HashMap::new()),
             ticker_stop,
+            max_core_instances: core_instances,
         })
     }
 
@@ -306,12 +332,14 @@ impl Runtime {
             LoadError::ForbiddenImport {
                 name: name.to_string(),
                 message,
+                imports: imports.clone(),
             }
         })?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|error| {
             LoadError::ForbiddenImport {
                 name: name.to_string(),
                 message: format!("{error:#}"),
+                imports: imports.clone(),
             }
         })?;
         WorkflowPre::new(instance_pre.clone()).map_err(|error| LoadError::NotAWorkflow {
@@ -355,11 +383,26 @@ impl Runtime {
         {
             return Ok((component, true));
         }
-        let component =
-            Component::new(&self.engine, bytes).map_err(|error| LoadError::Invalid {
+        let component = Component::new(&self.engine, bytes).map_err(|error| {
+            let message = format!("{error:#}");
+            // wasmtime checks the pool's per-component shape when it compiles a component.
+            if message.contains("pooling allocator") {
+                return LoadError::TooLarge {
+                    name: name.to_string(),
+                    message: format!(
+                        "{message}. A workflow may create at most {} core instances \
+                         (--max-core-instances, default {MAX_CORE_INSTANCES}), \
+                         {MAX_MEMORIES_PER_COMPONENT} memories and {MAX_TABLES_PER_COMPONENT} \
+                         tables: raise --max-core-instances, or build the workflow smaller",
+                        self.max_core_instances
+                    ),
+                };
+            }
+            LoadError::Invalid {
                 name: name.to_string(),
-                message: format!("{error:#}"),
-            })?;
+                message,
+            }
+        })?;
         if let Some(path) = cached {
             // The cache is an optimisation: failing to write it must not fail the run.
             let _ = write_cache(&path, &component);
@@ -393,6 +436,11 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// Why a workflow may not import `import` (`None`: it may).
+pub fn import_refusal(import: &str) -> Option<String> {
+    host::wasi::check_imports([import]).err()
 }
 
 fn check_component_header(name: &str, bytes: &[u8]) -> Result<(), LoadError> {

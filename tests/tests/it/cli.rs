@@ -137,9 +137,62 @@ fn usage_errors_exit_2_and_say_how_to_fix_them() {
         &run(&["run", forbidden.to_str().unwrap()]),
         2,
         expect![
-            "error: forbidden.wasm is refused: the component imports `evil:net/sockets@0.1.0`, which Corral does not provide: a workflow may import only corral:workflow/{agents,tools,progress,budget} and the WASI subset (cli, clocks, random, io; filesystem without any directory). Remove that import (no sockets, HTTP or processes) and rebuild"
+            "error: forbidden.wasm is refused: the component imports `evil:net/sockets@0.1.0`, which Corral does not provide: a workflow may import only corral:workflow/{agents,tools,progress,budget} and the WASI subset (cli, clocks, random, io; filesystem without any directory; sockets, every use denied). Remove that import (no HTTP or processes) and rebuild"
         ],
     );
+}
+
+#[test]
+fn inspect_lists_a_refused_components_imports_marking_the_refused_one() {
+    let forbidden = guest_path("forbidden");
+    let inspected = run(&["inspect", forbidden.to_str().unwrap()]);
+    assert_eq!(inspected.code, 2, "{}", inspected.errors);
+    let out = &inspected.stdout;
+    assert!(
+        out.starts_with("forbidden.wasm\nrefused:  the component imports `evil:net/sockets@0.1.0`"),
+        "{out}"
+    );
+    let imports: Vec<&str> = out
+        .lines()
+        .skip_while(|line| *line != "imports:")
+        .skip(1)
+        .collect();
+    let refused: Vec<&&str> = imports
+        .iter()
+        .filter(|l| l.contains("<- refused"))
+        .collect();
+    assert_eq!(
+        refused,
+        [&"  evil:net/sockets@0.1.0    <- refused: Corral does not provide it"],
+        "{out}"
+    );
+    // The allowed ones are listed too, unmarked.
+    assert!(
+        imports.iter().any(|l| l.trim().starts_with("wasi:cli/")),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_component_beyond_the_instance_limit_is_refused_at_load_naming_the_flag() {
+    let probe = guest_path("probe");
+    let probe = probe.to_str().unwrap();
+    let args = ["--args", r#"{"mode": "echo"}"#, "--no-cache"];
+    let refused = run(&[&["run", probe, "--max-core-instances", "1"][..], &args[..]].concat());
+    assert_eq!(refused.code, 2, "{}", refused.errors);
+    let message = &refused.errors;
+    assert!(
+        message.starts_with("error: probe.wasm is refused: "),
+        "{message}"
+    );
+    assert!(message.contains("core module instances"), "{message}");
+    assert!(
+        message.contains("at most 1 core instances (--max-core-instances, default 64)"),
+        "{message}"
+    );
+    // The default shape runs it.
+    let ran = run(&[&["run", probe][..], &args[..]].concat());
+    assert_eq!(ran.code, 0, "{}", ran.errors);
 }
 
 #[test]

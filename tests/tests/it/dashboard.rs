@@ -58,7 +58,8 @@ fn run_id_in_url(browser: &Browser) -> Option<String> {
 #[test]
 fn plan_approve_watch_transcript_and_stop_in_a_browser() {
     let data = tempfile::tempdir().unwrap();
-    // Four slots: a 40-wide fan-out at 250 ms takes ten turnovers, long enough to watch.
+    // Four slots: a 40-wide fan-out at 500 ms takes ten turnovers, long enough to watch even on
+    // a loaded machine.
     let token = tenant_with_token(data.path(), "acme", &["--agents-in-flight", "4"]);
     let server = TestServer::start(data.path(), &[], &[]);
     let api = server.client(&token);
@@ -79,10 +80,10 @@ fn plan_approve_watch_transcript_and_stop_in_a_browser() {
     browser.click_css("#nav-new");
     browser.fill("#new-script", SCRIPT);
     browser.fill("#new-args", r#"{"n": 40}"#);
-    browser.fill("#new-sim-latency", "250");
+    browser.fill("#new-sim-latency", "500");
     browser.click_css("#plan-button");
     browser.find("#plan-card");
-    let request = json!({"script": SCRIPT, "script_name": "script.js", "args": {"n": 40}, "sim_latency_ms": 250});
+    let request = json!({"script": SCRIPT, "script_name": "script.js", "args": {"n": 40}, "sim_latency_ms": 500});
     let planned = api.post("/v1/runs?plan=true", &request);
     assert_eq!(planned.status, 200, "{}", planned.text);
     let plan = &planned.json["plan"];

@@ -99,6 +99,11 @@ pub struct ServiceArgs {
     /// Directory of the run journal (default: $XDG_DATA_HOME/corral).
     #[arg(long, env = "CORRAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The core wasm instances one workflow component may create (a CPython guest has about
+    /// 14); a component with more is refused at load.
+    #[arg(long, env = "CORRAL_MAX_CORE_INSTANCES", default_value_t = corral_host::limits::MAX_CORE_INSTANCES,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_core_instances: u32,
 }
 
 #[derive(Args, Clone)]
@@ -256,6 +261,7 @@ pub fn service(
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir,
         max_live_runs,
+        max_core_instances: args.max_core_instances,
     })?;
     Ok(RunService::new(ServiceConfig {
         runtime: Arc::new(runtime),

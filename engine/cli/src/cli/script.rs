@@ -11,7 +11,9 @@ use sha2::{Digest, Sha256};
 use corral_host::artifact::{embed_script, list_sections};
 use corral_host::events::NoEvents;
 use corral_host::provider::sim::SimProvider;
-use corral_host::{RunError, RunLimits, RunOptions, Runtime, RuntimeConfig, Script, Workflow};
+use corral_host::{
+    LoadError, RunError, RunLimits, RunOptions, Runtime, RuntimeConfig, Script, Workflow,
+};
 
 use super::EXIT_USAGE;
 use super::run::{JS_RUNTIME, file_name, js_runtime};
@@ -60,6 +62,35 @@ pub struct InspectArgs {
 
 fn runtime() -> anyhow::Result<Runtime> {
     Ok(Runtime::new(RuntimeConfig::default())?)
+}
+
+/// A component refused for what it imports is still described: every import, the refused ones
+/// marked with why. Exit code 2, as `corral run` of it.
+fn refused_imports(error: anyhow::Error) -> anyhow::Result<ExitCode> {
+    let Some(LoadError::ForbiddenImport {
+        name,
+        message,
+        imports,
+    }) = error.downcast_ref::<LoadError>()
+    else {
+        return Err(error);
+    };
+    out!("{name}");
+    out!("refused:  {message}");
+    out!("imports:");
+    for import in imports {
+        match corral_host::runtime::import_refusal(import) {
+            None => out!("  {import}"),
+            // Another version of Corral's own package: "…, but this Corral provides …: …".
+            Some(why) if why.contains(", but ") => {
+                let short = why.split(", but ").nth(1).unwrap_or_default();
+                let short = short.split(':').take(2).collect::<Vec<_>>().join(":");
+                out!("  {import}    <- refused: {short}")
+            }
+            Some(_) => out!("  {import}    <- refused: Corral does not provide it"),
+        }
+    }
+    Ok(ExitCode::from(2))
 }
 
 /// Loads a component, or a script with its runtime (the bundled one for `.js`).
@@ -202,7 +233,10 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
 
 pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
-    let (workflow, script) = load_workflow(&runtime, &args.workflow, args.runtime.as_ref())?;
+    let (workflow, script) = match load_workflow(&runtime, &args.workflow, args.runtime.as_ref()) {
+        Ok(loaded) => loaded,
+        Err(error) => return refused_imports(error),
+    };
     let script = script.or_else(|| workflow.embedded_script().cloned());
     let bytes = if args.workflow.extension().is_some_and(|ext| ext == "wasm") {
         std::fs::read(&args.workflow)

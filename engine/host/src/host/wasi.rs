@@ -1,8 +1,12 @@
 //! The WASI subset a workflow may import: what guest language runtimes need and is harmless.
 //!
 //! Linked: cli (environment — empty —, exit, stdio captured into the run log, terminal queries),
-//! clocks, random, io, and filesystem types/preopens with no preopened directory, so a guest's
-//! libc starts but no file exists. Not linked: sockets, HTTP, anything else; a component that
+//! clocks, random, io, filesystem types/preopens with no preopened directory (so a guest's libc
+//! starts but no file exists), and sockets with every use denied: the standard toolchains
+//! (componentize-py's CPython, wasi-libc) import `wasi:sockets` whether or not the workflow uses
+//! the network, so it is linked, and every operation fails inside the guest with
+//! `access-denied` (creating a TCP or UDP socket) or `permanent-resolver-failure` (a name
+//! lookup) before any host socket exists. Not linked: HTTP and anything else; a component that
 //! imports them is refused at load time (see [`check_imports`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,7 +41,19 @@ pub(crate) const ALLOWED_WASI: &[&str] = &[
     "wasi:io/streams",
     "wasi:filesystem/types",
     "wasi:filesystem/preopens",
+    // Linked deny-all (see the module documentation).
+    "wasi:sockets/network",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
+    "wasi:sockets/ip-name-lookup",
 ];
+
+/// The version of `corral:workflow` this host provides (`wit/workflow.wit`); a component built
+/// against any `0.1.x` of it runs.
+pub(crate) const CORRAL_WORKFLOW_VERSION: &str = "0.1.0";
 
 /// Corral interfaces (without version) a component may import.
 pub(crate) const ALLOWED_CORRAL: &[&str] = &[
@@ -67,7 +83,13 @@ pub(crate) fn run_ctx(
         .monotonic_clock(VirtualClock::default())
         .secure_random(Deterministic::new(random_bytes(seed, 4096)))
         .insecure_random(Deterministic::new(random_bytes(seed ^ 0x5bd1_e995, 4096)))
-        .insecure_random_seed(u128::from(seed) << 64 | u128::from(seed.rotate_left(17)));
+        .insecure_random_seed(u128::from(seed) << 64 | u128::from(seed.rotate_left(17)))
+        // No network, whatever the guest asks: these are wasmtime's defaults too, said here so
+        // that a change of defaults cannot open it.
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .socket_addr_check(|_, _| Box::pin(async { false }));
     builder.build()
 }
 
@@ -122,14 +144,31 @@ fn random_bytes(seed: u64, count: usize) -> Vec<u8> {
 /// Refuses a component whose imports leave the allowed set, naming the first offending import.
 pub(crate) fn check_imports<'a>(imports: impl IntoIterator<Item = &'a str>) -> Result<(), String> {
     for name in imports {
-        let unversioned = name.split('@').next().unwrap_or(name);
+        let (unversioned, version) = name.split_once('@').unwrap_or((name, ""));
+        if unversioned.starts_with("corral:workflow/") && !same_minor(version) {
+            return Err(format!(
+                "the component imports `{name}`, but this Corral provides corral:workflow@{CORRAL_WORKFLOW_VERSION}: the component was built against another version of Corral's WIT. Rebuild it against this Corral's `wit/` (any 0.1.x runs here), or run it with a Corral that provides {version}"
+            ));
+        }
         if !ALLOWED_WASI.contains(&unversioned) && !ALLOWED_CORRAL.contains(&unversioned) {
             return Err(format!(
-                "the component imports `{name}`, which Corral does not provide: a workflow may import only corral:workflow/{{agents,tools,progress,budget}} and the WASI subset (cli, clocks, random, io; filesystem without any directory). Remove that import (no sockets, HTTP or processes) and rebuild"
+                "the component imports `{name}`, which Corral does not provide: a workflow may import only corral:workflow/{{agents,tools,progress,budget}} and the WASI subset (cli, clocks, random, io; filesystem without any directory; sockets, every use denied). Remove that import (no HTTP or processes) and rebuild"
             ));
         }
     }
     Ok(())
+}
+
+/// Whether `version` (of a `corral:workflow` import) is a 0.1.x this host runs; 0.x versions
+/// are compatible within a minor version only, as in Cargo.
+fn same_minor(version: &str) -> bool {
+    let minor = CORRAL_WORKFLOW_VERSION
+        .rsplit_once('.')
+        .map_or(CORRAL_WORKFLOW_VERSION, |(minor, _)| minor);
+    version
+        .strip_prefix(minor)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .is_some_and(|patch| patch.starts_with(|c: char| c.is_ascii_digit()))
 }
 
 pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
@@ -199,6 +238,23 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
         l,
         <RunState as wasmtime_wasi::filesystem::WasiFilesystemView>::filesystem,
     )?;
+    // Sockets, every use denied by `run_ctx`.
+    {
+        use wasmtime_wasi::p2::bindings::sockets;
+        use wasmtime_wasi::sockets::{WasiSockets, WasiSocketsView};
+        let view = <RunState as WasiSocketsView>::sockets;
+        sockets::tcp::add_to_linker::<RunState, WasiSockets>(l, view)?;
+        sockets::tcp_create_socket::add_to_linker::<RunState, WasiSockets>(l, view)?;
+        sockets::udp::add_to_linker::<RunState, WasiSockets>(l, view)?;
+        sockets::udp_create_socket::add_to_linker::<RunState, WasiSockets>(l, view)?;
+        sockets::instance_network::add_to_linker::<RunState, WasiSockets>(l, view)?;
+        sockets::ip_name_lookup::add_to_linker::<RunState, WasiSockets>(l, view)?;
+        sockets::network::add_to_linker::<RunState, WasiSockets>(
+            l,
+            &sockets::network::LinkOptions::default(),
+            view,
+        )?;
+    }
     Ok(())
 }
 
@@ -232,8 +288,32 @@ mod tests {
 
     #[test]
     fn forbidden_imports_are_named() {
-        let error = check_imports(["wasi:cli/stdout@0.2.6", "wasi:sockets/tcp@0.2.6"]).unwrap_err();
-        assert!(error.contains("`wasi:sockets/tcp@0.2.6`"), "{error}");
+        let error = check_imports(["wasi:cli/stdout@0.2.6", "wasi:http/types@0.2.6"]).unwrap_err();
+        assert!(error.contains("`wasi:http/types@0.2.6`"), "{error}");
         assert!(check_imports(["wasi:http/outgoing-handler@0.2.0"]).is_err());
+        assert!(check_imports(["wasi:sockets/tcp@0.2.9", "wasi:sockets/network@0.2.9"]).is_ok());
+        // An interface of Corral's package that this version does not have.
+        let error = check_imports(["corral:workflow/shell@0.1.0"]).unwrap_err();
+        assert!(error.contains("does not provide"), "{error}");
+    }
+
+    #[test]
+    fn another_version_of_corrals_wit_is_named_with_ours() {
+        for version in ["0.1.0", "0.1.3"] {
+            check_imports([format!("corral:workflow/progress@{version}").as_str()]).unwrap();
+        }
+        for version in ["0.2.0", "1.0.0", "0.10.0", ""] {
+            let import = if version.is_empty() {
+                "corral:workflow/progress".to_string()
+            } else {
+                format!("corral:workflow/progress@{version}")
+            };
+            let error = check_imports([import.as_str()]).unwrap_err();
+            assert!(error.contains(&format!("`{import}`")), "{error}");
+            assert!(
+                error.contains("this Corral provides corral:workflow@0.1.0"),
+                "{error}"
+            );
+        }
     }
 }

@@ -68,6 +68,7 @@ async fn probe(args: Value) -> Result<Value, Error> {
             Err(Error::new("probe: a pending future completed"))
         }
         "phases" => phases().await,
+        "network" => network(&args),
         "entropy" => Ok(entropy()),
         other => Err(Error::new(format!("probe: unknown mode {other:?}"))),
     }
@@ -354,4 +355,23 @@ fn entropy() -> Value {
         "env_vars": std::env::vars().count(),
         "cli_args": std::env::args().count(),
     })
+}
+
+/// Tries the network every way the standard library offers (connect to `addr`, listen, UDP, a
+/// name lookup) and reports how each attempt failed, as `Kind: message` (or `"succeeded"`).
+fn network(args: &Value) -> Result<Value, Error> {
+    use std::net::{TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
+    let addr = args["addr"]
+        .as_str()
+        .ok_or("probe: network needs \"addr\" (host:port)")?;
+    let said = |result: std::io::Result<()>| match result {
+        Ok(()) => "succeeded".to_string(),
+        Err(error) => format!("{:?}: {error}", error.kind()),
+    };
+    Ok(json!({
+        "connect": said(TcpStream::connect(addr).map(drop)),
+        "listen": said(TcpListener::bind("127.0.0.1:0").map(drop)),
+        "udp": said(UdpSocket::bind("127.0.0.1:0").and_then(|s| s.send_to(b"x", addr)).map(drop)),
+        "lookup": said(("localhost", 80).to_socket_addrs().map(drop)),
+    }))
 }
