@@ -113,9 +113,16 @@ fn counts(line: &str) -> Option<(String, u64, u64, u64, u64)> {
     }
 }
 
-/// What a plain-lines watch of a whole run of [`WATCHED`] shows: the phases and log lines, counts
-/// while agents were in flight, the final per-phase lines and the summary.
-fn assert_watched_live(stdout: &str, id: &str) {
+/// What a plain-lines watch of a whole run of [`WATCHED`] shows: exit code 0, the phases and log
+/// lines, counts while agents were in flight, the final per-phase lines and the summary.
+fn assert_watched_live(watch: &Output, id: &str) {
+    let stdout = text(&watch.stdout);
+    assert_eq!(
+        watch.status.code(),
+        Some(0),
+        "{stdout}{}",
+        text(&watch.stderr)
+    );
     assert!(
         stdout.contains(&format!("corral: watching run {id}")),
         "{stdout}"
@@ -167,14 +174,7 @@ fn watch_follows_a_run_of_another_process_to_its_end() {
     let watch = run(corral()
         .args(["runs", "watch", &id, "--data-dir"])
         .arg(data.path()));
-    let stdout = text(&watch.stdout);
-    assert_eq!(
-        watch.status.code(),
-        Some(0),
-        "{stdout}{}",
-        text(&watch.stderr)
-    );
-    assert_watched_live(&stdout, &id);
+    assert_watched_live(&watch, &id);
     assert!(child.wait().unwrap().success());
 
     // A finished run: its report and summary at once.
@@ -224,14 +224,7 @@ fn watch_follows_a_servers_run_and_names_a_refused_token() {
         .args(["runs", "watch", &id, "--server", &server.url, "--data-dir"])
         .arg(elsewhere.path())
         .env("CORRAL_TOKEN", &token));
-    let stdout = text(&watch.stdout);
-    assert_eq!(
-        watch.status.code(),
-        Some(0),
-        "{stdout}{}",
-        text(&watch.stderr)
-    );
-    assert_watched_live(&stdout, &id);
+    assert_watched_live(&watch, &id);
     assert_eq!(
         api.get(&format!("/v1/runs/{id}")).json["status"],
         "succeeded"
