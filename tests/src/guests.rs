@@ -129,3 +129,101 @@ pub fn guest_path(name: &str) -> PathBuf {
     );
     path
 }
+
+/// The componentize-py version the Python workflow is built with (`.ci/run` installs it).
+pub const COMPONENTIZE_PY: &str = "0.25.1";
+
+/// The Python workflow `workflows/python/app.py`, built into a component by componentize-py, as
+/// its README says, once per test process. The build is kept under the target directory, named
+/// by a hash of the source, the WIT files and the tool's version, so that an unchanged workflow
+/// is not built again by the next test run (componentize-py's output is not byte-reproducible,
+/// so a rebuild would also miss the compiled-component cache).
+///
+/// # Panics
+///
+/// When componentize-py is missing or the build fails, saying how to install it.
+pub fn python_workflow() -> PathBuf {
+    use sha2::{Digest, Sha256};
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let root = workspace_root();
+        let source = root.join("workflows/python");
+        let wit = root.join("wit");
+        let mut hasher = Sha256::new();
+        hasher.update(COMPONENTIZE_PY);
+        let mut inputs = vec![source.join("app.py")];
+        let mut wits: Vec<PathBuf> = std::fs::read_dir(&wit)
+            .map_err(|e| format!("cannot list {}: {e}", wit.display()))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "wit"))
+            .collect();
+        wits.sort();
+        inputs.extend(wits);
+        for input in &inputs {
+            let bytes = std::fs::read(input)
+                .map_err(|e| format!("cannot read {}: {e}", input.display()))?;
+            hasher.update(&bytes);
+        }
+        let digest: String = hasher.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let dir = guest_target_dir().join("python");
+        let out = dir.join(format!("python-workflow-{digest}.wasm"));
+        if out.is_file() {
+            return Ok(out);
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let partial = dir.join(format!("python-workflow-{digest}.wasm.partial"));
+        // componentize-py imports the app to snapshot it, which leaves a `__pycache__` beside
+        // it: build from a copy, so the source tree stays as it is.
+        let work = dir.join(format!("src-{digest}"));
+        std::fs::create_dir_all(&work)
+            .and_then(|()| std::fs::copy(source.join("app.py"), work.join("app.py")))
+            .map_err(|e| format!("cannot copy the workflow to {}: {e}", work.display()))?;
+        let tool = componentize_py();
+        let output = Command::new(&tool)
+            .current_dir(&work)
+            .arg("-d")
+            .arg(&wit)
+            .args(["-w", "workflow", "componentize", "app", "-o"])
+            .arg(&partial)
+            .output()
+            .map_err(|e| {
+                format!(
+                    "cannot run {}: {e}; install it with `python3 -m pip install componentize-py=={COMPONENTIZE_PY}` (.ci/run does)",
+                    tool.display()
+                )
+            })?;
+        if !output.status.success() {
+            return Err(format!(
+                "componentize-py failed ({}):\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        std::fs::rename(&partial, &out).map_err(|e| format!("cannot keep the build: {e}"))?;
+        Ok(out)
+    });
+    match built {
+        Ok(path) => path.clone(),
+        Err(message) => panic!("{message}"),
+    }
+}
+
+/// `componentize-py` where pip installs scripts for `python3`, else on the `PATH`.
+fn componentize_py() -> PathBuf {
+    let scripts = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()));
+    match scripts.map(|dir| dir.join("componentize-py")) {
+        Some(path) if path.is_file() => path,
+        _ => PathBuf::from("componentize-py"),
+    }
+}

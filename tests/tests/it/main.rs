@@ -9,6 +9,7 @@ mod dashboard;
 mod guests_used;
 mod journal;
 mod js_workflows;
+mod languages;
 mod limits;
 mod pause;
 mod providers;
