@@ -175,6 +175,11 @@ pub const MAX_MEMORIES_PER_COMPONENT: u32 = 2;
 /// The tables one workflow component may define (the pool reserves this many per run).
 pub const MAX_TABLES_PER_COMPONENT: u32 = 8;
 
+/// The WASI resources (streams, pollables, sockets' network handles, …) one run may hold in the
+/// host at once. Each costs host memory outside the guest's `--max-memory`; language runtimes
+/// hold a handful. Creating one more ends the run ([`LimitExceeded::HostResources`]).
+pub const MAX_HOST_RESOURCES: usize = 10_000;
+
 /// A run ended because it hit one of its limits. Carried inside a trap, so the run's result can
 /// name the limit that ended it.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -200,6 +205,11 @@ pub enum LimitExceeded {
     /// The guest tried to create more tables, instances or table elements than allowed.
     #[error("guest resource limit exceeded: {0}")]
     Resource(String),
+    /// The guest held [`MAX_HOST_RESOURCES`] WASI resources and asked for one more.
+    #[error(
+        "host resource limit exceeded: the workflow holds {0} WASI resources (streams, pollables, network handles) at once, the most a run may; drop the ones it no longer needs"
+    )]
+    HostResources(usize),
     /// The guest passed more entries in one `parallel` or `wait` than `--max-batch`.
     #[error(
         "batch limit exceeded: the workflow passed {size} entries in one {what}, over the limit of {limit} (split the batch, or raise --max-batch)"

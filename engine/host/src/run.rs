@@ -170,7 +170,11 @@ impl Runtime {
         let wasi = crate::host::wasi::run_ctx(seed, stdout.clone(), stderr.clone());
         let state = RunState {
             wasi,
-            table: wasmtime::component::ResourceTable::new(),
+            table: {
+                let mut table = wasmtime::component::ResourceTable::new();
+                table.set_max_capacity(crate::limits::MAX_HOST_RESOURCES);
+                table
+            },
             limiter: RunLimiter::new(limits.max_memory),
             limits: limits.clone(),
             scheduler,
@@ -330,6 +334,13 @@ fn classify(error: wasmtime::Error) -> RunError {
     for cause in error.chain() {
         if let Some(limit) = cause.downcast_ref::<LimitExceeded>() {
             return RunError::Limit(limit.clone());
+        }
+        if let Some(wasmtime::component::ResourceTableError::Full) =
+            cause.downcast_ref::<wasmtime::component::ResourceTableError>()
+        {
+            return RunError::Limit(LimitExceeded::HostResources(
+                crate::limits::MAX_HOST_RESOURCES,
+            ));
         }
         if let Some(exit) = cause.downcast_ref::<wasmtime_wasi::I32Exit>() {
             return RunError::Workflow(format!(

@@ -178,3 +178,28 @@ async fn misbehaving_runs_end_alone_while_the_process_serves_others() {
         "echo"
     );
 }
+
+#[tokio::test]
+async fn host_resources_a_guest_holds_are_limited() {
+    use corral_host::limits::MAX_HOST_RESOURCES;
+    // Within the limit: held and released.
+    let report = Run::new(json!({"mode": "resources", "n": 100}))
+        .run(&workflow("probe"))
+        .await;
+    assert_eq!(result(&report)["held"], 100);
+    // One past it ends the run, naming the limit, instead of growing the host's table.
+    let report = Run::new(json!({"mode": "resources", "n": MAX_HOST_RESOURCES + 1}))
+        .run(&workflow("probe"))
+        .await;
+    match &report.outcome {
+        Err(RunError::Limit(LimitExceeded::HostResources(n))) => {
+            assert_eq!(*n, MAX_HOST_RESOURCES);
+        }
+        other => panic!("expected the host resource limit, got {other:?}"),
+    }
+    let message = report.outcome.unwrap_err().to_string();
+    assert!(
+        message.contains("host resource limit exceeded"),
+        "{message}"
+    );
+}

@@ -69,6 +69,7 @@ async fn probe(args: Value) -> Result<Value, Error> {
         }
         "phases" => phases().await,
         "network" => network(&args),
+        "resources" => resources(&args),
         "entropy" => Ok(entropy()),
         other => Err(Error::new(format!("probe: unknown mode {other:?}"))),
     }
@@ -374,4 +375,15 @@ fn network(args: &Value) -> Result<Value, Error> {
         "udp": said(UdpSocket::bind("127.0.0.1:0").and_then(|s| s.send_to(b"x", addr)).map(drop)),
         "lookup": said(("localhost", 80).to_socket_addrs().map(drop)),
     }))
+}
+
+/// Holds `n` WASI resources at once (network handles, which cost the host a table entry each
+/// and the guest nothing), to hit the host's limit on them.
+fn resources(args: &Value) -> Result<Value, Error> {
+    let n = args["n"].as_u64().ok_or("probe: resources needs \"n\"")?;
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(wasi::sockets::instance_network::instance_network());
+    }
+    Ok(json!({"held": held.len()}))
 }
