@@ -180,6 +180,11 @@ pub const MAX_TABLES_PER_COMPONENT: u32 = 8;
 /// hold a handful. Creating one more ends the run ([`LimitExceeded::HostResources`]).
 pub const MAX_HOST_RESOURCES: usize = 10_000;
 
+/// The most the headers (or trailers) of one wasi:http `fields` may take in host memory.
+/// Requests are denied anyway; this bounds what building one costs the host. Past it the run
+/// ends ([`LimitExceeded::HttpFields`]).
+pub const MAX_HTTP_FIELD_BYTES: usize = 16 << 10;
+
 /// A run ended because it hit one of its limits. Carried inside a trap, so the run's result can
 /// name the limit that ended it.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -210,6 +215,11 @@ pub enum LimitExceeded {
         "host resource limit exceeded: the workflow holds {0} WASI resources (streams, pollables, network handles) at once, the most a run may; drop the ones it no longer needs"
     )]
     HostResources(usize),
+    /// The guest built wasi:http headers over [`MAX_HTTP_FIELD_BYTES`].
+    #[error(
+        "HTTP header limit exceeded: the workflow built wasi:http headers over {0} bytes (requests are denied in any case; build smaller headers, or none)"
+    )]
+    HttpFields(usize),
     /// The guest passed more entries in one `parallel` or `wait` than `--max-batch`.
     #[error(
         "batch limit exceeded: the workflow passed {size} entries in one {what}, over the limit of {limit} (split the batch, or raise --max-batch)"

@@ -186,6 +186,8 @@ impl Runtime {
             cpu: CpuMeter::new(),
             schemas: std::collections::HashMap::new(),
             prompt_bytes: 0,
+            http: crate::host::wasi::http_ctx(),
+            http_hooks: crate::host::wasi::DenyHttp,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -340,6 +342,15 @@ fn classify(error: wasmtime::Error) -> RunError {
         {
             return RunError::Limit(LimitExceeded::HostResources(
                 crate::limits::MAX_HOST_RESOURCES,
+            ));
+        }
+        if let Some(
+            wasmtime_wasi_http::FieldMapError::TotalSizeTooBig
+            | wasmtime_wasi_http::FieldMapError::TooManyFields,
+        ) = cause.downcast_ref::<wasmtime_wasi_http::FieldMapError>()
+        {
+            return RunError::Limit(LimitExceeded::HttpFields(
+                crate::limits::MAX_HTTP_FIELD_BYTES,
             ));
         }
         if let Some(exit) = cause.downcast_ref::<wasmtime_wasi::I32Exit>() {

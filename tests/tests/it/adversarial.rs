@@ -689,3 +689,36 @@ async fn a_guest_reaches_no_network_not_even_a_listener_on_loopback() {
         "the guest sent a datagram"
     );
 }
+
+#[tokio::test]
+async fn a_guests_http_request_is_denied_and_reaches_no_server() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let authority = listener.local_addr().unwrap().to_string();
+    let probe = tests::support::workflow("probe");
+    let report = Run::new(json!({"mode": "http", "authority": authority, "header_bytes": 1000}))
+        .run(&probe)
+        .await;
+    let tried = result(&report);
+    // Sending fails inside the guest with the WASI error for a denied request.
+    assert_eq!(
+        tried["send"], "failed: ErrorCode::HttpRequestDenied",
+        "{tried}"
+    );
+    assert_eq!(tried["header"], "accepted", "{tried}");
+    assert!(
+        listener.accept().is_err(),
+        "the guest's request reached the listener"
+    );
+
+    // Building headers is bounded too: past the limit the run ends, naming it.
+    let limit = corral_host::limits::MAX_HTTP_FIELD_BYTES;
+    let report =
+        Run::new(json!({"mode": "http", "authority": authority, "header_bytes": limit * 4}))
+            .run(&probe)
+            .await;
+    match &report.outcome {
+        Err(RunError::Limit(LimitExceeded::HttpFields(n))) => assert_eq!(*n, limit),
+        other => panic!("expected the HTTP header limit, got {other:?}"),
+    }
+}

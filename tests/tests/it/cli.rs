@@ -137,7 +137,7 @@ fn usage_errors_exit_2_and_say_how_to_fix_them() {
         &run(&["run", forbidden.to_str().unwrap()]),
         2,
         expect![
-            "error: forbidden.wasm is refused: the component imports `evil:net/sockets@0.1.0`, which Corral does not provide: a workflow may import only corral:workflow/{agents,tools,progress,budget} and the WASI subset (cli, clocks, random, io; filesystem without any directory; sockets, every use denied). Remove that import (no HTTP or processes) and rebuild"
+            "error: forbidden.wasm is refused: the component imports `evil:net/sockets@0.1.0`, which Corral does not provide: a workflow may import only corral:workflow/{agents,tools,progress,budget} and the WASI subset (cli, clocks, random, io; filesystem without any directory; sockets and HTTP, every use denied). Remove that import (no processes) and rebuild"
         ],
     );
 }

@@ -60,6 +60,20 @@ pub(crate) struct RunState {
     pub(crate) schemas: std::collections::HashMap<String, Arc<crate::schema::OutputSchema>>,
     /// Prompt and schema bytes of the agent calls accepted so far (`--max-run-prompt-bytes`).
     pub(crate) prompt_bytes: usize,
+    /// wasi:http, every request denied (see `wasi.rs`).
+    pub(crate) http: wasmtime_wasi_http::WasiHttpCtx,
+    pub(crate) http_hooks: wasi::DenyHttp,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for RunState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        // The same table as WASI's: HTTP bodies are wasi:io streams.
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
+        }
+    }
 }
 
 impl WasiView for RunState {

@@ -6,8 +6,10 @@
 //! (componentize-py's CPython, wasi-libc) import `wasi:sockets` whether or not the workflow uses
 //! the network, so it is linked, and every operation fails inside the guest with
 //! `access-denied` (creating a TCP or UDP socket) or `permanent-resolver-failure` (a name
-//! lookup) before any host socket exists. Not linked: HTTP and anything else; a component that
-//! imports them is refused at load time (see [`check_imports`]).
+//! lookup) before any host socket exists. `wasi:http` (which componentize-js links) likewise:
+//! building a request works, sending it answers `http-request-denied`, and no client exists in
+//! the host to send it with. Not linked: anything else; a component that imports it is refused
+//! at load time (see [`check_imports`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -49,7 +51,43 @@ pub(crate) const ALLOWED_WASI: &[&str] = &[
     "wasi:sockets/udp",
     "wasi:sockets/udp-create-socket",
     "wasi:sockets/ip-name-lookup",
+    "wasi:http/types",
+    "wasi:http/outgoing-handler",
 ];
+
+/// The wasi:http context of a run.
+pub(crate) fn http_ctx() -> wasmtime_wasi_http::WasiHttpCtx {
+    let mut ctx = wasmtime_wasi_http::WasiHttpCtx::new();
+    ctx.set_field_size_limit(crate::limits::MAX_HTTP_FIELD_BYTES);
+    ctx
+}
+
+/// Denies every outgoing HTTP request.
+pub(crate) struct DenyHttp;
+
+/// What the error of an outgoing request's body or response settles to.
+type Settled = Box<dyn std::future::Future<Output = wasmtime_wasi_http::Result<()>> + Send>;
+
+/// The response `send_request` answers: here, always the denial.
+type Answer = Box<
+    dyn std::future::Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<wasmtime_wasi_http::WasiBody>,
+                Settled,
+            )>,
+        > + Send,
+>;
+
+impl wasmtime_wasi_http::WasiHttpHooks for DenyHttp {
+    fn send_request(
+        &mut self,
+        _request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _settled: Settled,
+    ) -> Answer {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
 
 /// The version of `corral:workflow` this host provides (`wit/workflow.wit`); a component built
 /// against any `0.1.x` of it runs.
@@ -152,7 +190,7 @@ pub(crate) fn check_imports<'a>(imports: impl IntoIterator<Item = &'a str>) -> R
         }
         if !ALLOWED_WASI.contains(&unversioned) && !ALLOWED_CORRAL.contains(&unversioned) {
             return Err(format!(
-                "the component imports `{name}`, which Corral does not provide: a workflow may import only corral:workflow/{{agents,tools,progress,budget}} and the WASI subset (cli, clocks, random, io; filesystem without any directory; sockets, every use denied). Remove that import (no HTTP or processes) and rebuild"
+                "the component imports `{name}`, which Corral does not provide: a workflow may import only corral:workflow/{{agents,tools,progress,budget}} and the WASI subset (cli, clocks, random, io; filesystem without any directory; sockets and HTTP, every use denied). Remove that import (no processes) and rebuild"
             ));
         }
     }
@@ -238,6 +276,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<(
         l,
         <RunState as wasmtime_wasi::filesystem::WasiFilesystemView>::filesystem,
     )?;
+    // HTTP, every request denied by `DenyHttp`.
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(l)?;
     // Sockets, every use denied by `run_ctx`.
     {
         use wasmtime_wasi::p2::bindings::sockets;
@@ -288,9 +328,10 @@ mod tests {
 
     #[test]
     fn forbidden_imports_are_named() {
-        let error = check_imports(["wasi:cli/stdout@0.2.6", "wasi:http/types@0.2.6"]).unwrap_err();
-        assert!(error.contains("`wasi:http/types@0.2.6`"), "{error}");
-        assert!(check_imports(["wasi:http/outgoing-handler@0.2.0"]).is_err());
+        let error =
+            check_imports(["wasi:cli/stdout@0.2.6", "wasi:keyvalue/store@0.2.0"]).unwrap_err();
+        assert!(error.contains("`wasi:keyvalue/store@0.2.0`"), "{error}");
+        assert!(check_imports(["wasi:http/outgoing-handler@0.2.10"]).is_ok());
         assert!(check_imports(["wasi:sockets/tcp@0.2.9", "wasi:sockets/network@0.2.9"]).is_ok());
         // An interface of Corral's package that this version does not have.
         let error = check_imports(["corral:workflow/shell@0.1.0"]).unwrap_err();

@@ -70,6 +70,7 @@ async fn probe(args: Value) -> Result<Value, Error> {
         "phases" => phases().await,
         "network" => network(&args),
         "resources" => resources(&args),
+        "http" => http(&args),
         "entropy" => Ok(entropy()),
         other => Err(Error::new(format!("probe: unknown mode {other:?}"))),
     }
@@ -386,4 +387,43 @@ fn resources(args: &Value) -> Result<Value, Error> {
         held.push(wasi::sockets::instance_network::instance_network());
     }
     Ok(json!({"held": held.len()}))
+}
+
+/// Sends an HTTP request to `authority` through wasi:http and reports how it ended; then, with
+/// `header_bytes`, builds a header of that size.
+fn http(args: &Value) -> Result<Value, Error> {
+    use wasi::http::outgoing_handler;
+    use wasi::http::types::{Fields, OutgoingRequest, Scheme};
+    let authority = args["authority"]
+        .as_str()
+        .ok_or("probe: http needs \"authority\" (host:port)")?;
+    let request = OutgoingRequest::new(Fields::new());
+    request
+        .set_scheme(Some(&Scheme::Http))
+        .map_err(|()| "probe: set_scheme")?;
+    request
+        .set_authority(Some(authority))
+        .map_err(|()| "probe: set_authority")?;
+    request
+        .set_path_with_query(Some("/"))
+        .map_err(|()| "probe: set_path_with_query")?;
+    let send = match outgoing_handler::handle(request, None) {
+        Err(code) => format!("refused: {code:?}"),
+        Ok(response) => {
+            response.subscribe().block();
+            match response.get() {
+                Some(Ok(Ok(_))) => "succeeded".to_string(),
+                Some(Ok(Err(code))) => format!("failed: {code:?}"),
+                Some(Err(())) => "taken twice".to_string(),
+                None => "pending".to_string(),
+            }
+        }
+    };
+    if let Some(bytes) = args["header_bytes"].as_u64() {
+        let value = vec![b'x'; usize::try_from(bytes).unwrap_or(usize::MAX)];
+        if let Err(error) = Fields::new().append("x-big", &value) {
+            return Ok(json!({"send": send, "header": format!("{error:?}")}));
+        }
+    }
+    Ok(json!({"send": send, "header": "accepted"}))
 }
