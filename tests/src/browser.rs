@@ -42,13 +42,17 @@ impl Browser {
             let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
             listener.local_addr().expect("an address").port()
         };
+        let profile = tempfile::tempdir().expect("a profile directory");
+        // Chromium keeps scratch directories in $TMPDIR: inside the profile, they go with it.
+        let scratch = profile.path().join("tmp");
+        std::fs::create_dir(&scratch).expect("a scratch directory");
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .env("TMPDIR", &scratch)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver runs (Debian's chromium-driver; .ci/run installs it)");
-        let profile = tempfile::tempdir().expect("a profile directory");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -80,7 +84,10 @@ impl Browser {
             "--disable-sync".to_string(),
             "--disable-extensions".to_string(),
             format!("--window-size={width},{height}"),
-            format!("--user-data-dir={}", browser._profile.path().display()),
+            format!(
+                "--user-data-dir={}",
+                browser._profile.path().join("profile").display()
+            ),
         ];
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",

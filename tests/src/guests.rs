@@ -133,82 +133,150 @@ pub fn guest_path(name: &str) -> PathBuf {
 /// The componentize-py version the Python workflow is built with (`.ci/run` installs it).
 pub const COMPONENTIZE_PY: &str = "0.25.1";
 
+/// The componentize-js version the JavaScript component workflow is built with (pinned in
+/// `workflows/js-component/package-lock.json`; `.ci/run` runs `npm ci` there).
+pub const COMPONENTIZE_JS: &str = "0.23.0";
+
 /// The Python workflow `workflows/python/app.py`, built into a component by componentize-py, as
-/// its README says, once per test process. The build is kept under the target directory, named
-/// by a hash of the source, the WIT files and the tool's version, so that an unchanged workflow
-/// is not built again by the next test run (componentize-py's output is not byte-reproducible,
-/// so a rebuild would also miss the compiled-component cache).
+/// its README says, once per test process (see [`toolchain_build`]).
 ///
 /// # Panics
 ///
 /// When componentize-py is missing or the build fails, saying how to install it.
 pub fn python_workflow() -> PathBuf {
-    use sha2::{Digest, Sha256};
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
-        let root = workspace_root();
-        let source = root.join("workflows/python");
-        let wit = root.join("wit");
-        let mut hasher = Sha256::new();
-        hasher.update(COMPONENTIZE_PY);
-        let mut inputs = vec![source.join("app.py")];
-        let mut wits: Vec<PathBuf> = std::fs::read_dir(&wit)
-            .map_err(|e| format!("cannot list {}: {e}", wit.display()))?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|path| path.extension().is_some_and(|ext| ext == "wit"))
-            .collect();
-        wits.sort();
-        inputs.extend(wits);
-        for input in &inputs {
-            let bytes = std::fs::read(input)
-                .map_err(|e| format!("cannot read {}: {e}", input.display()))?;
-            hasher.update(&bytes);
-        }
-        let digest: String = hasher.finalize()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let dir = guest_target_dir().join("python");
-        let out = dir.join(format!("python-workflow-{digest}.wasm"));
-        if out.is_file() {
-            return Ok(out);
-        }
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let partial = dir.join(format!("python-workflow-{digest}.wasm.partial"));
-        // componentize-py imports the app to snapshot it, which leaves a `__pycache__` beside
-        // it: build from a copy, so the source tree stays as it is.
-        let work = dir.join(format!("src-{digest}"));
-        std::fs::create_dir_all(&work)
-            .and_then(|()| std::fs::copy(source.join("app.py"), work.join("app.py")))
-            .map_err(|e| format!("cannot copy the workflow to {}: {e}", work.display()))?;
-        let tool = componentize_py();
-        let output = Command::new(&tool)
-            .current_dir(&work)
-            .arg("-d")
-            .arg(&wit)
-            .args(["-w", "workflow", "componentize", "app", "-o"])
-            .arg(&partial)
-            .output()
-            .map_err(|e| {
-                format!(
-                    "cannot run {}: {e}; install it with `python3 -m pip install componentize-py=={COMPONENTIZE_PY}` (.ci/run does)",
-                    tool.display()
-                )
-            })?;
-        if !output.status.success() {
-            return Err(format!(
-                "componentize-py failed ({}):\n{}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            ));
-        }
-        std::fs::rename(&partial, &out).map_err(|e| format!("cannot keep the build: {e}"))?;
-        Ok(out)
+        let source = workspace_root().join("workflows/python");
+        toolchain_build("python", &source, &["app.py"], COMPONENTIZE_PY, |work, wit, out| {
+            let tool = componentize_py();
+            let mut command = Command::new(&tool);
+            command
+                .current_dir(work)
+                .arg("-d")
+                .arg(wit)
+                .args(["-w", "workflow", "componentize", "app", "-o"])
+                .arg(out);
+            (command, format!(
+                "install it with `python3 -m pip install componentize-py=={COMPONENTIZE_PY}` (.ci/run does)"
+            ))
+        })
     });
     match built {
         Ok(path) => path.clone(),
         Err(message) => panic!("{message}"),
     }
+}
+
+/// The JavaScript workflow `workflows/js-component/workflow.js`, built into a component by
+/// componentize-js (StarlingMonkey), as its README says, once per test process (see
+/// [`toolchain_build`]). The tool is the one `npm ci` installed beside it.
+///
+/// # Panics
+///
+/// When componentize-js is not installed or the build fails, saying how to install it.
+pub fn js_component_workflow() -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let source = workspace_root().join("workflows/js-component");
+        let tool = source.join("node_modules/.bin/componentize-js");
+        let install = format!(
+            "install it with `npm ci` in {} (.ci/run does)",
+            source.display()
+        );
+        if !tool.is_file() {
+            return Err(format!(
+                "componentize-js {COMPONENTIZE_JS} is not installed at {}; {install}",
+                tool.display()
+            ));
+        }
+        let inputs = ["workflow.js", "package.json", "package-lock.json"];
+        toolchain_build(
+            "js-component",
+            &source,
+            &inputs,
+            COMPONENTIZE_JS,
+            |work, wit, out| {
+                let mut command = Command::new(&tool);
+                command
+                    .current_dir(work)
+                    .arg("--wit")
+                    .arg(wit)
+                    .args(["--world-name", "workflow", "-o"])
+                    .arg(out)
+                    .arg("workflow.js");
+                (command, install)
+            },
+        )
+    });
+    match built {
+        Ok(path) => path.clone(),
+        Err(message) => panic!("{message}"),
+    }
+}
+
+/// Builds a workflow with another language's toolchain. The build is kept under the target
+/// directory, named by a hash of the inputs, the WIT files and the tool's version, so that an
+/// unchanged workflow is not built again by the next test run (these toolchains' output is not
+/// byte-reproducible, so a rebuild would also miss the compiled-component cache). It builds from
+/// a copy of `inputs` so that nothing the tool leaves behind (`__pycache__`) lands in the source
+/// tree. `command` gets the copy's directory, the WIT directory and the output path, and returns
+/// the command to run and what to tell a user who does not have the tool.
+fn toolchain_build(
+    name: &str,
+    source: &Path,
+    inputs: &[&str],
+    tool_version: &str,
+    command: impl FnOnce(&Path, &Path, &Path) -> (Command, String),
+) -> Result<PathBuf, String> {
+    use sha2::{Digest, Sha256};
+    let wit = workspace_root().join("wit");
+    let mut hasher = Sha256::new();
+    hasher.update(tool_version);
+    let mut files: Vec<PathBuf> = inputs.iter().map(|input| source.join(input)).collect();
+    let mut wits: Vec<PathBuf> = std::fs::read_dir(&wit)
+        .map_err(|e| format!("cannot list {}: {e}", wit.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wit"))
+        .collect();
+    wits.sort();
+    files.extend(wits);
+    for file in &files {
+        let bytes =
+            std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        hasher.update(&bytes);
+    }
+    let digest: String = hasher.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let dir = guest_target_dir().join(name);
+    let out = dir.join(format!("{name}-workflow-{digest}.wasm"));
+    if out.is_file() {
+        return Ok(out);
+    }
+    let work = dir.join(format!("src-{digest}"));
+    std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+    for input in inputs {
+        std::fs::copy(source.join(input), work.join(input))
+            .map_err(|e| format!("cannot copy {input} to {}: {e}", work.display()))?;
+    }
+    let partial = dir.join(format!("{name}-workflow-{digest}.wasm.partial"));
+    let (mut command, install) = command(&work, &wit, &partial);
+    let program = command.get_program().to_owned();
+    let output = command
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}; {install}", program.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{} failed ({}):\n{}{}",
+            program.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    std::fs::rename(&partial, &out).map_err(|e| format!("cannot keep the build: {e}"))?;
+    Ok(out)
 }
 
 /// `componentize-py` where pip installs scripts for `python3`, else on the `PATH`.

@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use corral_host::events::{CollectEvents, EventSink};
+use corral_host::events::{CollectEvents, EventSink, RunEvent};
 use corral_host::provider::Provider;
 use corral_host::provider::sim::SimProvider;
 use corral_host::tools::ToolRoot;
@@ -14,12 +14,37 @@ use serde_json::Value;
 
 use crate::guests::{guest_path, workspace_root};
 
+/// A directory private to this test process (`$TMPDIR/corral-test-NAME-PID`), removed with
+/// everything in it when the process exits, whether its tests passed or not.
+#[allow(unsafe_code)]
+pub fn process_dir(name: &str) -> PathBuf {
+    static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    extern "C" fn remove_dirs() {
+        let dirs = DIRS.lock().map(|d| d.clone()).unwrap_or_default();
+        for dir in dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("corral-test-{name}-{}", std::process::id()));
+    let mut dirs = DIRS.lock().unwrap_or_else(|p| p.into_inner());
+    if dirs.is_empty() {
+        // SAFETY: `remove_dirs` is a plain `extern "C"` function that never unwinds (it ignores
+        // every error), as `atexit` requires.
+        let registered = unsafe { libc::atexit(remove_dirs) };
+        assert_eq!(registered, 0, "atexit registers the cleanup");
+    }
+    if !dirs.contains(&dir) {
+        dirs.push(dir.clone());
+    }
+    dir
+}
+
 /// One runtime for the whole test process, as a server would have, with its cache in a
 /// directory private to this process.
 pub fn runtime() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
-        let cache = std::env::temp_dir().join(format!("corral-test-cache-{}", std::process::id()));
+        let cache = process_dir("cache");
         Runtime::new(RuntimeConfig {
             cache_dir: Some(cache),
             ..RuntimeConfig::default()
@@ -150,6 +175,28 @@ pub fn result(report: &RunReport) -> Value {
     }
 }
 
+/// A run's log lines (`progress.log`, and stdout/stderr lines), in order.
+pub fn logs(events: &[RunEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            RunEvent::Log { message } => Some(message.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A run's phase titles, in order.
+pub fn phases(events: &[RunEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            RunEvent::Phase { title } => Some(title.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A simulated provider with latency.
 pub fn sim(latency_ms: u64) -> Arc<SimProvider> {
     Arc::new(SimProvider::new(Duration::from_millis(latency_ms)))
@@ -227,16 +274,10 @@ pub fn corral() -> Command {
             .join("corral")
     });
     let mut command = Command::new(binary);
-    command.env(
-        "CORRAL_CACHE_DIR",
-        std::env::temp_dir().join(format!("corral-cli-cache-{}", std::process::id())),
-    );
+    command.env("CORRAL_CACHE_DIR", process_dir("cli-cache"));
     // Never the user's own journal: a test that names no --data-dir gets one of its own.
     command
-        .env(
-            "CORRAL_DATA_DIR",
-            std::env::temp_dir().join(format!("corral-cli-data-{}", std::process::id())),
-        )
+        .env("CORRAL_DATA_DIR", process_dir("cli-data"))
         .env_remove("XDG_DATA_HOME")
         .env_remove("CORRAL_CONFIG");
     command

@@ -215,9 +215,10 @@ pub enum LimitExceeded {
         "host resource limit exceeded: the workflow holds {0} WASI resources (streams, pollables, network handles) at once, the most a run may; drop the ones it no longer needs"
     )]
     HostResources(usize),
-    /// The guest built wasi:http headers over [`MAX_HTTP_FIELD_BYTES`].
+    /// The guest built wasi:http headers over [`MAX_HTTP_FIELD_BYTES`], or with more fields
+    /// than wasi:http allows.
     #[error(
-        "HTTP header limit exceeded: the workflow built wasi:http headers over {0} bytes (requests are denied in any case; build smaller headers, or none)"
+        "HTTP header limit exceeded: the workflow built wasi:http headers over the host's limit ({0} bytes, or too many fields); requests are denied in any case, so build smaller headers, or none"
     )]
     HttpFields(usize),
     /// The guest passed more entries in one `parallel` or `wait` than `--max-batch`.

@@ -438,9 +438,10 @@ impl Drop for Runtime {
     }
 }
 
-/// Why a workflow may not import `import` (`None`: it may).
+/// Why a workflow may not import `import`, in a few words for a list of imports (`None`: it
+/// may). The load error carries the whole message of the first refused import.
 pub fn import_refusal(import: &str) -> Option<String> {
-    host::wasi::check_imports([import]).err()
+    host::wasi::Refusal::of(import).map(|refusal| refusal.short())
 }
 
 fn check_component_header(name: &str, bytes: &[u8]) -> Result<(), LoadError> {

@@ -12,7 +12,7 @@ use corral_host::RunReport;
 use corral_host::events::RunEvent;
 use serde_json::{Value, json};
 use tests::guests::workspace_root;
-use tests::support::{Run, fixture_repo, js_runtime, result};
+use tests::support::{Run, fixture_repo, js_runtime, logs, result};
 
 /// Every `workflows/*.js` file, each run by a test below; `every_js_workflow_is_run_by_a_test`
 /// keeps this list honest.
@@ -319,13 +319,7 @@ async fn rubric_retry_revises_until_every_criterion_passes_or_attempts_run_out()
     assert_eq!(outcome["passed"], false, "{outcome}");
     assert_eq!(outcome["attempts"], 1, "{outcome}");
     assert!(report.spent_tokens <= 15_000);
-    let logs: Vec<&str> = events
-        .iter()
-        .filter_map(|e| match e {
-            RunEvent::Log { message } => Some(message.as_str()),
-            _ => None,
-        })
-        .collect();
+    let logs = logs(&events);
     assert!(
         logs.iter()
             .any(|l| l.starts_with("stopping after 1 attempt(s): ")),

@@ -1,31 +1,24 @@
 //! Workflows in other languages, built by their own standard toolchains and run unchanged:
 //! `workflows/python` built by componentize-py (CPython as a component, which imports
-//! `wasi:sockets` and creates more core instances than a Rust guest).
+//! `wasi:sockets` and creates more core instances than a Rust guest) and `workflows/js-component`
+//! built by componentize-js (StarlingMonkey, which imports `wasi:http` for `fetch`).
 
 use std::sync::Arc;
 
 use corral_host::events::RunEvent;
+use corral_host::{RunError, Workflow};
 use serde_json::{Value, json};
-use tests::guests::python_workflow;
-use tests::support::{Run, fixture_repo, result, runtime};
+use tests::guests::{js_component_workflow, python_workflow};
+use tests::support::{Run, fixture_repo, logs, phases, result, runtime};
 
-#[tokio::test]
-async fn a_python_workflow_built_by_componentize_py_runs_unchanged() {
-    let workflow = runtime()
-        .load_file(&python_workflow())
-        .unwrap_or_else(|e| panic!("the Python workflow loads: {e}"));
-    assert!(
-        workflow
-            .imports()
-            .iter()
-            .any(|i| i.starts_with("wasi:sockets/")),
-        "componentize-py links sockets: {:?}",
-        workflow.imports()
-    );
+/// Runs `workflow` over the fixture repository and checks what both example workflows do alike:
+/// tools, the start/wait fan-out and the call, the budget, the phases and the log. Returns the
+/// result and the log for the checks particular to a language.
+async fn run_example(workflow: &Arc<Workflow>, name: &str) -> (Value, Vec<String>) {
     let repo = fixture_repo();
     let run = Run::new(json!({"glob": "src/*.rs"})).root(repo.path());
     let events = Arc::clone(&run.events);
-    let report = run.run(&workflow).await;
+    let report = run.run(workflow).await;
     let answer = result(&report);
     let events = events.events();
 
@@ -46,7 +39,44 @@ async fn a_python_workflow_built_by_componentize_py_runs_unchanged() {
         .filter(|e| matches!(e, RunEvent::AgentFinished { error: None, .. }))
         .count();
     assert_eq!(finished, 3);
-    assert!(answer["budget"]["spent"].as_u64().unwrap() > 0, "{answer}");
+    assert_eq!(
+        answer["budget"]["spent"].as_u64(),
+        Some(report.spent_tokens),
+        "{answer}"
+    );
+    assert!(report.spent_tokens > 0);
+
+    // Progress, and stdout/stderr captured into the log.
+    assert_eq!(phases(&events), ["Scan", "Review", "Summary"]);
+    let logs = logs(&events);
+    for line in [
+        format!("{name} workflow: glob='src/*.rs' maxFiles=3"),
+        format!("{name} workflow: done, 2 reviews"),
+    ] {
+        assert!(logs.contains(&line), "no log line {line:?} in {logs:?}");
+    }
+    assert!(
+        logs.iter().filter(|l| l.starts_with("network: ")).count() == 2,
+        "progress.log and stderr each say it once: {logs:?}"
+    );
+    assert!(!answer["network"].as_str().unwrap().contains("NOT denied"));
+    (answer, logs)
+}
+
+#[tokio::test]
+async fn a_python_workflow_built_by_componentize_py_runs_unchanged() {
+    let workflow = runtime()
+        .load_file(&python_workflow())
+        .unwrap_or_else(|e| panic!("the Python workflow loads: {e}"));
+    assert!(
+        workflow
+            .imports()
+            .iter()
+            .any(|i| i.starts_with("wasi:sockets/")),
+        "componentize-py links sockets: {:?}",
+        workflow.imports()
+    );
+    let (answer, _) = run_example(&workflow, "python").await;
 
     // The network: both attempts failed inside the guest, which caught them and went on.
     let network = answer["network"].as_str().unwrap();
@@ -55,32 +85,40 @@ async fn a_python_workflow_built_by_componentize_py_runs_unchanged() {
         network.contains("socket.connect denied: PermissionError"),
         "{network}"
     );
-    assert!(!network.contains("NOT denied"), "{network}");
+}
 
-    // Progress, and stdout/stderr captured into the log.
-    let phases: Vec<&str> = events
-        .iter()
-        .filter_map(|e| match e {
-            RunEvent::Phase { title } => Some(title.as_str()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(phases, ["Scan", "Review", "Summary"]);
-    let logs: Vec<&str> = events
-        .iter()
-        .filter_map(|e| match e {
-            RunEvent::Log { message } => Some(message.as_str()),
-            _ => None,
-        })
-        .collect();
-    for line in [
-        "python workflow: glob='src/*.rs' maxFiles=3",
-        "python workflow: done, 2 reviews",
-    ] {
-        assert!(logs.contains(&line), "no log line {line:?} in {logs:?}");
-    }
+#[tokio::test]
+async fn a_javascript_workflow_built_by_componentize_js_runs_unchanged() {
+    let workflow = runtime()
+        .load_file(&js_component_workflow())
+        .unwrap_or_else(|e| panic!("the componentize-js workflow loads: {e}"));
     assert!(
-        logs.iter().filter(|l| l.starts_with("network: ")).count() == 2,
-        "progress.log and stderr each say it once: {logs:?}"
+        workflow
+            .imports()
+            .iter()
+            .any(|i| i.starts_with("wasi:http/outgoing-handler")),
+        "componentize-js links wasi:http for fetch: {:?}",
+        workflow.imports()
     );
+    let (answer, _) = run_example(&workflow, "js-component").await;
+
+    // `fetch` was refused by the host's deny-all wasi:http and the guest caught the rejection.
+    let network = answer["network"].as_str().unwrap();
+    assert!(
+        network.starts_with("denied: TypeError: NetworkError"),
+        "{network}"
+    );
+
+    // A string the workflow throws is the run's error, as the WIT `err` case.
+    let repo = fixture_repo();
+    let report = Run::new(json!({"glob": "["}))
+        .root(repo.path())
+        .run(&workflow)
+        .await;
+    match &report.outcome {
+        Err(RunError::Workflow(message)) => {
+            assert!(message.starts_with("glob failed: "), "{message}");
+        }
+        other => panic!("expected the workflow's own error, got {other:?}"),
+    }
 }

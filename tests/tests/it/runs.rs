@@ -5,7 +5,7 @@ use corral_host::events::RunEvent;
 use corral_host::{RunError, Runtime, RuntimeConfig};
 use serde_json::json;
 use tests::guests::guest_path;
-use tests::support::{Run, fixture_repo, result, sim, workflow};
+use tests::support::{Run, fixture_repo, phases, result, sim, workflow};
 
 #[tokio::test]
 async fn a_workflow_returns_its_result() {
@@ -181,13 +181,7 @@ async fn phases_and_logs_reach_the_events() {
     let report = run.run(&workflow("probe")).await;
     result(&report);
     let events = events.events();
-    let phases: Vec<&str> = events
-        .iter()
-        .filter_map(|e| match e {
-            RunEvent::Phase { title } => Some(title.as_str()),
-            _ => None,
-        })
-        .collect();
+    let phases = phases(&events);
     assert!(phases.len() >= 2, "{events:?}");
     let queued_phase = events.iter().find_map(|e| match e {
         RunEvent::AgentQueued { phase, .. } => phase.clone(),
@@ -195,7 +189,7 @@ async fn phases_and_logs_reach_the_events() {
     });
     assert_eq!(
         queued_phase.as_deref(),
-        Some(phases[0]),
+        Some(phases[0].as_str()),
         "agents belong to the current phase"
     );
     assert!(events.iter().any(|e| matches!(e, RunEvent::Log { .. })));

@@ -16,7 +16,7 @@ use corral_host::provider::{
 use corral_host::{LimitExceeded, RunError, RunReport};
 use expect_test::{Expect, expect};
 use serde_json::{Value, json};
-use tests::support::{Run, fixture_repo, js_runtime, result, run_js, sim};
+use tests::support::{Run, fixture_repo, js_runtime, logs, result, run_js, sim};
 
 /// The message of a run that failed with a thrown error.
 #[track_caller]
@@ -25,17 +25,6 @@ fn thrown(report: &RunReport) -> &str {
         Err(RunError::Workflow(message)) => message,
         other => panic!("expected a thrown error, got {other:?}"),
     }
-}
-
-/// Log lines of a run, in order.
-fn logs(run_events: &[RunEvent]) -> Vec<String> {
-    run_events
-        .iter()
-        .filter_map(|event| match event {
-            RunEvent::Log { message } => Some(message.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Runs `source` on the simulated provider with `args` and `root`, keeping its events.

@@ -81,13 +81,7 @@ fn refused_imports(error: anyhow::Error) -> anyhow::Result<ExitCode> {
     for import in imports {
         match corral_host::runtime::import_refusal(import) {
             None => out!("  {import}"),
-            // Another version of Corral's own package: "…, but this Corral provides …: …".
-            Some(why) if why.contains(", but ") => {
-                let short = why.split(", but ").nth(1).unwrap_or_default();
-                let short = short.split(':').take(2).collect::<Vec<_>>().join(":");
-                out!("  {import}    <- refused: {short}")
-            }
-            Some(_) => out!("  {import}    <- refused: Corral does not provide it"),
+            Some(why) => out!("  {import}    <- refused: {why}"),
         }
     }
     Ok(ExitCode::from(2))

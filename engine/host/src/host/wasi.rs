@@ -179,19 +179,58 @@ fn random_bytes(seed: u64, count: usize) -> Vec<u8> {
     bytes
 }
 
+/// Why one import is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// An interface Corral does not provide at all.
+    Unknown,
+    /// `corral:workflow` at a version this host does not run (`wanted`, e.g. `0.2.0`).
+    Version { wanted: String },
+}
+
+impl Refusal {
+    /// Why `import` may not be imported (`None`: it may).
+    pub(crate) fn of(import: &str) -> Option<Self> {
+        let (unversioned, version) = import.split_once('@').unwrap_or((import, ""));
+        if unversioned.starts_with("corral:workflow/") && !same_minor(version) {
+            return Some(Self::Version {
+                wanted: version.to_string(),
+            });
+        }
+        if !ALLOWED_WASI.contains(&unversioned) && !ALLOWED_CORRAL.contains(&unversioned) {
+            return Some(Self::Unknown);
+        }
+        None
+    }
+
+    /// A few words, for a list of imports.
+    pub(crate) fn short(&self) -> String {
+        match self {
+            Self::Unknown => "Corral does not provide it".to_string(),
+            Self::Version { .. } => {
+                format!("this Corral provides corral:workflow@{CORRAL_WORKFLOW_VERSION}")
+            }
+        }
+    }
+
+    /// The whole message: what is wrong with `import`, and what to do.
+    pub(crate) fn message(&self, import: &str) -> String {
+        match self {
+            Self::Version { wanted } => format!(
+                "the component imports `{import}`, but this Corral provides corral:workflow@{CORRAL_WORKFLOW_VERSION}: the component was built against another version of Corral's WIT. Rebuild it against this Corral's `wit/` (any 0.1.x runs here), or run it with a Corral that provides {wanted}"
+            ),
+            Self::Unknown => format!(
+                "the component imports `{import}`, which Corral does not provide: a workflow may import only corral:workflow/{{agents,tools,progress,budget}} and the WASI subset (cli, clocks, random, io; filesystem without any directory; sockets and HTTP, every use denied). Remove that import (no processes) and rebuild"
+            ),
+        }
+    }
+}
+
 /// Refuses a component whose imports leave the allowed set, naming the first offending import.
 pub(crate) fn check_imports<'a>(imports: impl IntoIterator<Item = &'a str>) -> Result<(), String> {
     for name in imports {
-        let (unversioned, version) = name.split_once('@').unwrap_or((name, ""));
-        if unversioned.starts_with("corral:workflow/") && !same_minor(version) {
-            return Err(format!(
-                "the component imports `{name}`, but this Corral provides corral:workflow@{CORRAL_WORKFLOW_VERSION}: the component was built against another version of Corral's WIT. Rebuild it against this Corral's `wit/` (any 0.1.x runs here), or run it with a Corral that provides {version}"
-            ));
-        }
-        if !ALLOWED_WASI.contains(&unversioned) && !ALLOWED_CORRAL.contains(&unversioned) {
-            return Err(format!(
-                "the component imports `{name}`, which Corral does not provide: a workflow may import only corral:workflow/{{agents,tools,progress,budget}} and the WASI subset (cli, clocks, random, io; filesystem without any directory; sockets and HTTP, every use denied). Remove that import (no processes) and rebuild"
-            ));
+        if let Some(refusal) = Refusal::of(name) {
+            return Err(refusal.message(name));
         }
     }
     Ok(())
@@ -356,5 +395,42 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    #[test]
+    fn refusals_say_why_in_a_few_words() {
+        use super::Refusal;
+        assert_eq!(Refusal::of("wasi:cli/stdout@0.2.6"), None);
+        let unknown = Refusal::of("wasi:keyvalue/store@0.2.0").unwrap();
+        assert_eq!(unknown.short(), "Corral does not provide it");
+        let version = Refusal::of("corral:workflow/agents@0.2.0").unwrap();
+        assert_eq!(
+            version,
+            Refusal::Version {
+                wanted: "0.2.0".into()
+            }
+        );
+        assert_eq!(
+            version.short(),
+            "this Corral provides corral:workflow@0.1.0"
+        );
+        assert!(
+            version
+                .message("corral:workflow/agents@0.2.0")
+                .ends_with("or run it with a Corral that provides 0.2.0")
+        );
+    }
+
+    #[test]
+    fn the_provided_version_is_the_one_in_wit() {
+        let wit = include_str!("../../../../wit/workflow.wit");
+        let package = wit
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("package corral:workflow@"))
+            .expect("wit/workflow.wit declares package corral:workflow@…");
+        assert_eq!(
+            package.trim_end_matches(';'),
+            super::CORRAL_WORKFLOW_VERSION
+        );
     }
 }
