@@ -42,7 +42,7 @@ fn main() {
             "-q",
             "--release",
             "-p",
-            "engine",
+            "corral",
             "--bin",
             "corral",
         ])
@@ -186,7 +186,7 @@ fn main() {
         ms(cold)
     );
     println!(
-        "| process start → first agent call, warm cache | {:.2} ms | ≤ 5 ms |",
+        "| process start → first agent call, warm cache | {:.2} ms | ≤ 3 ms |",
         ms(warm)
     );
     println!(
@@ -197,7 +197,7 @@ fn main() {
         "| {CALLS} calls, scheduler only (no wasm) | {:.2} ms | |",
         ms(baseline)
     );
-    println!("| host overhead per agent call (JS) | {overhead:.2} µs | ≤ 20 µs |");
+    println!("| host overhead per agent call (JS) | {overhead:.2} µs | ≤ 5 µs |");
     if node_available {
         println!(
             "| the same script under Node.js with a stub agent (script time) | {:.2} ms | |",

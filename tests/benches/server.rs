@@ -20,7 +20,7 @@ use corral_service::tenancy::{Quota, Tenancy, TenantSettings, add_tenant, new_to
 use corral_service::{BundledRuntime, RunService, ServiceConfig};
 use corral_store::{Journal, RunStore};
 use serde_json::{Value, json};
-use tests::bench::{median, ms};
+use tests::bench::{median, ms, rss_bytes};
 
 const FANOUT: &str = "const r = await parallel(Array.from({ length: args.n }, (_, i) => () => agent(`call ${i}`, { maxTokens: 64 })))
 return r.length";
@@ -66,15 +66,6 @@ impl Bench {
         let value: Value = response.json().await.unwrap();
         value["hash"].as_str().expect("uploaded").to_string()
     }
-}
-
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
 }
 
 fn percentile(values: &mut [Duration], p: f64) -> Duration {

@@ -224,8 +224,11 @@
 
   // ---- Rule 6: agent ------------------------------------------------------------------------
 
-  // Resolvers of the agent calls still running on the host, by call id.
-  const pending = new Map();
+  // Resolvers of the agent calls still running on the host, by call id. Not a Map: QuickJS
+  // hashes a number key by the bits of its double, whose low bits are all zero for small
+  // integers, so every call id lands in one bucket and each lookup walks all pending calls.
+  // Integer property keys are atoms, hashed well.
+  const pending = Object.create(null);
 
   function agent(prompt, opts) {
     let id;
@@ -241,13 +244,15 @@
     } catch (e) {
       return Promise.reject(e);
     }
-    return new Promise((resolve, reject) => pending.set(id, { resolve, reject }));
+    return new Promise((resolve, reject) => {
+      pending[id] = { resolve, reject };
+    });
   }
 
   function settle(id, ok, value) {
-    const call = pending.get(id);
+    const call = pending[id];
     if (call === undefined) return;
-    pending.delete(id);
+    delete pending[id];
     (ok ? call.resolve : call.reject)(value);
   }
 

@@ -78,10 +78,19 @@ impl Default for Limits {
 /// delays nothing.
 pub const WAIT_BATCH: usize = 1024;
 
-/// The file name QuickJS reports for frames of the prelude; they are left out of stack traces.
+/// Bytes QuickJS may allocate before its first cycle collection (QuickJS's default is 256 KiB,
+/// and each collection walks every live object). A fan-out holds a promise, its resolving
+/// functions and a reaction per pending call, so a wide one collected again and again while
+/// nothing was garbage yet. Reference counting frees acyclic garbage at once whatever this is,
+/// and the heap limit is enforced by the allocator, not by it.
+const GC_THRESHOLD: usize = 2 << 20;
+
+/// The file name QuickJS reports for frames of the prelude (build.rs compiles it under this
+/// name); they are left out of stack traces.
 const PRELUDE_NAME: &str = "corral:prelude";
-/// The prelude: the JavaScript half of the workflow API.
-const PRELUDE: &str = include_str!("prelude.js");
+/// The prelude, the JavaScript half of the workflow API (`prelude.js`), as QuickJS bytecode
+/// compiled by build.rs ([`crate::bytecode`]).
+const PRELUDE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/prelude.qjsbc"));
 
 /// A script body (the workflow's, or a nested one's from `workflow()`) is compiled inside this,
 /// on the same line as its first line, so that only columns of line 1 move (and
@@ -171,6 +180,7 @@ impl Workflow {
         let runtime = Runtime::new_with_alloc(HeapAllocator::new(heap.clone()))
             .map_err(|e| format!("cannot start QuickJS: {e}"))?;
         runtime.set_max_stack_size(limits.stack);
+        runtime.set_gc_threshold(GC_THRESHOLD);
         let context = Context::full(&runtime).map_err(|e| format!("cannot start QuickJS: {e}"))?;
         let state = Rc::new(State {
             host,
@@ -368,7 +378,7 @@ impl Workflow {
         let (ok, value) =
             self.completion_value(ctx, id, call.label.as_deref(), completion, name)?;
         let () = settle
-            .call((id as f64, ok, value))
+            .call((call_id(ctx, id), ok, value))
             .map_err(|e| self.uncaught(ctx, e))?;
         Ok(())
     }
@@ -477,7 +487,7 @@ fn install<'js>(
     let config = Object::new(ctx.clone())?;
     config.set("nested", realm != TOP)?;
     config.set("maxJsonDepth", MAX_JSON_DEPTH as f64)?;
-    let prelude: Function = ctx.eval_with_options(PRELUDE, eval_options(PRELUDE_NAME))?;
+    let prelude: Function = crate::bytecode::eval(ctx, PRELUDE)?.get()?;
     let api: Object = prelude.call((natives, config))?;
     let function = |key: &str| -> rquickjs::Result<Persistent<Function<'static>>> {
         let f: Function = api.get(key)?;
@@ -901,6 +911,12 @@ fn require_running(ctx: &Ctx<'_>, state: &State, what: &str) -> rquickjs::Result
     }
 }
 
+/// A call id as a JavaScript number: an integer value (not a double) whenever it fits, as call
+/// ids do, so that the prelude's lookups by id take QuickJS's integer fast paths.
+fn call_id<'js>(ctx: &Ctx<'js>, id: CallId) -> Value<'js> {
+    Value::new_number(ctx.clone(), id as f64)
+}
+
 /// The native functions the prelude of `realm` builds the API on; `meta` is its script's.
 fn natives<'js>(
     ctx: &Ctx<'js>,
@@ -920,7 +936,7 @@ fn natives<'js>(
                   prompt: String,
                   opts: Opt<Value<'js>>,
                   schema_text: Opt<Option<String>>|
-                  -> rquickjs::Result<f64> {
+                  -> rquickjs::Result<Value<'js>> {
                 require_running(&ctx, &s, "agent()")?;
                 if s.finished.borrow().contains(&realm) {
                     return Err(Exception::throw_message(
@@ -941,7 +957,7 @@ fn natives<'js>(
                         s.pending
                             .borrow_mut()
                             .insert(id, PendingCall { label, realm });
-                        Ok(id as f64)
+                        Ok(call_id(&ctx, id))
                     }
                     Err(error) => {
                         let (code, reason) = agent_error_parts(&error);
