@@ -12,7 +12,7 @@ fn main() {
     let runtime = rquickjs::Runtime::new().expect("QuickJS starts");
     let context = rquickjs::Context::full(&runtime).expect("a QuickJS context");
     let bytes = context.with(|ctx| {
-        bytecode::compile(&ctx, &source, "corral:prelude").unwrap_or_else(|error| {
+        bytecode::compile(&ctx, &source, bytecode::PRELUDE_NAME).unwrap_or_else(|error| {
             let thrown = ctx.catch();
             panic!("src/prelude.js does not compile: {error}: {thrown:?}")
         })

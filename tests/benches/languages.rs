@@ -8,8 +8,12 @@
 //!
 //! For each: the component's size; cold compile (a fresh engine over an empty cache: Cranelift);
 //! load from the disk cache (a fresh engine over the filled cache); start → first agent call of a
-//! loaded component (instantiate, run to its first `agent`); and resident memory per run, with
-//! `RUNS` runs at once each suspended waiting on a slow agent.
+//! loaded component (from `Runtime::run`: instantiate, run to its first `agent`); and resident
+//! memory per run, with `RUNS` runs at once each suspended waiting on a slow agent. The guests are
+//! measured one after another in this process, so memory an earlier guest's runs gave back may
+//! serve a later one's: read the resident column as a lower bound. Before its first agent call
+//! the componentize-js and Python workflows also try the network and grep; the others only glob
+//! and read.
 //!
 //! Run: `cargo bench -p tests --bench languages` (add `-- --quick` for fewer rounds). It needs
 //! componentize-py and componentize-js as `.ci/run` installs them.
@@ -39,6 +43,7 @@ struct Guest {
 
 /// Notes when a run queues its first agent call, and stops the run then or when told.
 struct FirstCall {
+    began: Mutex<Option<Instant>>,
     at: Mutex<Option<Instant>>,
     stop: Notify,
     stop_at_first_call: bool,
@@ -47,6 +52,7 @@ struct FirstCall {
 impl FirstCall {
     fn new(stop_at_first_call: bool) -> Arc<Self> {
         Arc::new(FirstCall {
+            began: Mutex::new(None),
             at: Mutex::new(None),
             stop: Notify::new(),
             stop_at_first_call,
@@ -55,6 +61,11 @@ impl FirstCall {
 
     fn reached(&self) -> Option<Instant> {
         *self.at.lock().unwrap()
+    }
+
+    /// From the call of `Runtime::run` to the first agent call.
+    fn first_call(&self) -> Option<Duration> {
+        Some(self.reached()? - (*self.began.lock().unwrap())?)
     }
 }
 
@@ -126,6 +137,7 @@ fn start_run(
 ) -> tokio::task::JoinHandle<()> {
     let (runtime, workflow) = (Arc::clone(runtime), Arc::clone(workflow));
     let stop_on = Arc::clone(&sink);
+    let began = Arc::clone(&sink);
     let options = RunOptions {
         args_json: guest.args.to_string(),
         root: Some(ToolRoot::open(root, RunLimits::default().tools).unwrap()),
@@ -139,6 +151,7 @@ fn start_run(
         load_only: false,
     };
     tokio::spawn(async move {
+        *began.began.lock().unwrap() = Some(Instant::now());
         let report = runtime.run(&workflow, options).await;
         assert!(
             report.agents.started > 0,
@@ -197,7 +210,6 @@ fn main() {
         tokio.block_on(async {
             for round in 0..=rounds {
                 let sink = FirstCall::new(true);
-                let began = Instant::now();
                 let run = start_run(
                     &runtime,
                     &workflow,
@@ -207,9 +219,9 @@ fn main() {
                     Duration::ZERO,
                 );
                 run.await.unwrap();
-                let at = sink.reached().expect("an agent call was queued");
+                let first_call = sink.first_call().expect("an agent call was queued");
                 if round > 0 {
-                    first.push(at - began);
+                    first.push(first_call);
                 }
             }
         });
@@ -231,7 +243,19 @@ fn main() {
                 ));
                 sinks.push(sink);
             }
+            let deadline = Instant::now() + Duration::from_secs(300);
             while sinks.iter().any(|s| s.reached().is_none()) {
+                // A run that ended before its first agent call would be waited for forever:
+                // await it instead, which shows why it ended.
+                if let Some(index) = runs.iter().position(tokio::task::JoinHandle::is_finished) {
+                    runs.swap_remove(index).await.unwrap();
+                    panic!("a {} run ended before its first agent call", guest.language);
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{RUNS} {} runs did not all reach their first agent call in 5 minutes",
+                    guest.language
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -14,13 +14,15 @@ use serde_json::Value;
 
 use crate::guests::{guest_path, workspace_root};
 
-/// A directory private to this test process (`$TMPDIR/corral-test-NAME-PID`), removed with
-/// everything in it when the process exits, whether its tests passed or not.
+/// A directory private to this test process (`$TMPDIR/corral-test-NAME-PID`), emptied when it
+/// is first named (a process killed earlier with the same id may have left one) and removed
+/// with everything in it when the process exits normally, whether its tests passed or not.
 #[allow(unsafe_code)]
 pub fn process_dir(name: &str) -> PathBuf {
     static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
     extern "C" fn remove_dirs() {
-        let dirs = DIRS.lock().map(|d| d.clone()).unwrap_or_default();
+        // `try_lock`: never wait at exit for a thread that still holds the list.
+        let dirs = DIRS.try_lock().map(|d| d.clone()).unwrap_or_default();
         for dir in dirs {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -34,6 +36,7 @@ pub fn process_dir(name: &str) -> PathBuf {
         assert_eq!(registered, 0, "atexit registers the cleanup");
     }
     if !dirs.contains(&dir) {
+        let _ = std::fs::remove_dir_all(&dir);
         dirs.push(dir.clone());
     }
     dir

@@ -2,16 +2,23 @@
 //!
 //! The prelude (`prelude.js`, 500 lines) is the same in every realm of every run, and parsing it
 //! was more than half of what a run cost before its first agent call. `build.rs` compiles it
-//! with this module on the build machine (QuickJS's bytecode format is the same on every target
-//! of one QuickJS version: values are written tagged, atoms as strings) and the runtime
-//! evaluates the bytecode. rquickjs has no safe API for script (non-module) bytecode, hence the
-//! raw calls below; each is the documented QuickJS entry point, used as its header says.
+//! with this module on the build machine and the runtime evaluates the bytecode. QuickJS's
+//! bytecode format does not depend on the target (values are written tagged, opcodes and atom
+//! operands are remapped on reading), but it does depend on the QuickJS sources: built-in atoms
+//! are written by index. The build dependency and the runtime's dependency are therefore the
+//! same `rquickjs-sys` (one version in Cargo.lock). rquickjs has no safe API for script
+//! (non-module) bytecode, hence the raw calls below; each is the documented QuickJS entry point,
+//! used as its header says.
 //!
 //! This file is also compiled into `build.rs` (by `#[path]`), so it depends on rquickjs only.
 
 #![allow(unsafe_code)]
 
 use rquickjs::{Ctx, Error, Value, qjs};
+
+/// The file name the prelude is compiled under: QuickJS reports it for the prelude's frames,
+/// which the runtime leaves out of stack traces.
+pub const PRELUDE_NAME: &str = "corral:prelude";
 
 /// How the prelude is compiled: a global (non-module) script whose frames end a backtrace.
 const COMPILE_FLAGS: u32 =
@@ -71,17 +78,21 @@ pub fn compile(ctx: &Ctx<'_>, source: &str, file: &str) -> rquickjs::Result<Vec<
 
 /// Evaluates bytecode made by [`compile`] and returns the script's completion value.
 ///
+/// # Safety
+///
+/// `bytecode` must come from [`compile`] with this same QuickJS (`rquickjs-sys`): QuickJS does
+/// not verify bytecode, and other bytes can make it read or write out of bounds.
+///
 /// # Errors
 ///
-/// What the script throws, or a refusal of the bytecode (another QuickJS version), as a pending
-/// exception of `ctx` ([`Error::Exception`]).
+/// What the script throws, or a refusal of the bytecode, as a pending exception of `ctx`
+/// ([`Error::Exception`]).
 #[allow(dead_code)] // build.rs only compiles.
-pub fn eval<'js>(ctx: &Ctx<'js>, bytecode: &'static [u8]) -> rquickjs::Result<Value<'js>> {
+pub unsafe fn eval<'js>(ctx: &Ctx<'js>, bytecode: &[u8]) -> rquickjs::Result<Value<'js>> {
     let raw = ctx.as_raw().as_ptr();
-    // SAFETY: JS_ReadObject reads exactly `bytecode.len()` bytes. The bytes are `'static` (built
-    // into the runtime by build.rs from `compile`), so no ROM-data flag is needed either way; it
-    // returns an owned function bytecode object, or JS_EXCEPTION when the bytes are not bytecode
-    // of this QuickJS version.
+    // SAFETY: JS_ReadObject reads exactly `bytecode.len()` bytes, which the caller promises are
+    // bytecode of this QuickJS; it copies what it keeps and returns an owned function bytecode
+    // object, or JS_EXCEPTION.
     let function = unsafe {
         qjs::JS_ReadObject(
             raw,

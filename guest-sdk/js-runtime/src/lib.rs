@@ -17,7 +17,7 @@
 //! Architecture invariant: the runtime knows nothing about the engine; it reaches the host only
 //! through the imports of the WIT world, behind the [`host::Host`] trait.
 
-pub mod bytecode;
+mod bytecode;
 pub mod frontend;
 #[cfg(test)]
 mod fuzz;

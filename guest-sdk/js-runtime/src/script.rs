@@ -24,6 +24,7 @@ use crate::bindings::corral::workflow::agents::{
     AgentError, AgentOptions, CallId, Completion, Effort,
 };
 use crate::bindings::corral::workflow::tools::{GrepOptions, ToolError};
+use crate::bytecode::PRELUDE_NAME;
 use crate::frontend::{self, CheckError, Prepared};
 use crate::heap::{HeapAllocator, HeapMeter};
 use crate::host::Host;
@@ -55,7 +56,7 @@ pub struct Limits {
     /// of 3000 nested parentheses trapped; at 128 KiB every deep case in the host's adversarial
     /// tests throws (on wasmtime's default 512 KiB the limit would have to be 64 KiB). JSON and
     /// the script's own parse are bounded on their own ([`MAX_JSON_DEPTH`],
-    /// [`lexer::MAX_NESTING`]). Simple JavaScript recursion gets about 400 frames.
+    /// [`lexer::MAX_NESTING`]). Simple JavaScript recursion gets about 480 frames.
     pub stack: usize,
 }
 
@@ -85,9 +86,6 @@ pub const WAIT_BATCH: usize = 1024;
 /// and the heap limit is enforced by the allocator, not by it.
 const GC_THRESHOLD: usize = 2 << 20;
 
-/// The file name QuickJS reports for frames of the prelude (build.rs compiles it under this
-/// name); they are left out of stack traces.
-const PRELUDE_NAME: &str = "corral:prelude";
 /// The prelude, the JavaScript half of the workflow API (`prelude.js`), as QuickJS bytecode
 /// compiled by build.rs ([`crate::bytecode`]).
 const PRELUDE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/prelude.qjsbc"));
@@ -487,7 +485,10 @@ fn install<'js>(
     let config = Object::new(ctx.clone())?;
     config.set("nested", realm != TOP)?;
     config.set("maxJsonDepth", MAX_JSON_DEPTH as f64)?;
-    let prelude: Function = crate::bytecode::eval(ctx, PRELUDE)?.get()?;
+    // SAFETY: PRELUDE is what build.rs compiled with `bytecode::compile`, by the same
+    // rquickjs-sys this runtime links.
+    #[allow(unsafe_code)]
+    let prelude: Function = unsafe { crate::bytecode::eval(ctx, PRELUDE) }?.get()?;
     let api: Object = prelude.call((natives, config))?;
     let function = |key: &str| -> rquickjs::Result<Persistent<Function<'static>>> {
         let f: Function = api.get(key)?;
