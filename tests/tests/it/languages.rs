@@ -3,6 +3,7 @@
 //! `wasi:sockets` and creates more core instances than a Rust guest) and `workflows/js-component`
 //! built by componentize-js (StarlingMonkey, which imports `wasi:http` for `fetch`).
 
+use std::path::Path;
 use std::sync::Arc;
 
 use corral_host::events::RunEvent;
@@ -13,8 +14,8 @@ use tests::support::{Run, fixture_repo, logs, phases, result, runtime};
 
 /// Runs `workflow` over the fixture repository and checks what both example workflows do alike:
 /// tools, the start/wait fan-out and the call, the budget, the phases and the log. Returns the
-/// result and the log for the checks particular to a language.
-async fn run_example(workflow: &Arc<Workflow>, name: &str) -> (Value, Vec<String>) {
+/// result for the checks particular to a language.
+async fn run_example(workflow: &Arc<Workflow>, name: &str) -> Value {
     let repo = fixture_repo();
     let run = Run::new(json!({"glob": "src/*.rs"})).root(repo.path());
     let events = Arc::clone(&run.events);
@@ -60,23 +61,28 @@ async fn run_example(workflow: &Arc<Workflow>, name: &str) -> (Value, Vec<String
         "progress.log and stderr each say it once: {logs:?}"
     );
     assert!(!answer["network"].as_str().unwrap().contains("NOT denied"));
-    (answer, logs)
+    answer
+}
+
+/// Loads an example workflow built by another toolchain, which links `linked` (a WASI interface
+/// the host denies every use of).
+fn load_example(path: &Path, linked: &str) -> Arc<Workflow> {
+    let workflow = runtime()
+        .load_file(path)
+        .unwrap_or_else(|e| panic!("{} loads: {e}", path.display()));
+    assert!(
+        workflow.imports().iter().any(|i| i.starts_with(linked)),
+        "{} links {linked}: {:?}",
+        path.display(),
+        workflow.imports()
+    );
+    workflow
 }
 
 #[tokio::test]
 async fn a_python_workflow_built_by_componentize_py_runs_unchanged() {
-    let workflow = runtime()
-        .load_file(&python_workflow())
-        .unwrap_or_else(|e| panic!("the Python workflow loads: {e}"));
-    assert!(
-        workflow
-            .imports()
-            .iter()
-            .any(|i| i.starts_with("wasi:sockets/")),
-        "componentize-py links sockets: {:?}",
-        workflow.imports()
-    );
-    let (answer, _) = run_example(&workflow, "python").await;
+    let workflow = load_example(&python_workflow(), "wasi:sockets/");
+    let answer = run_example(&workflow, "python").await;
 
     // The network: both attempts failed inside the guest, which caught them and went on.
     let network = answer["network"].as_str().unwrap();
@@ -89,18 +95,8 @@ async fn a_python_workflow_built_by_componentize_py_runs_unchanged() {
 
 #[tokio::test]
 async fn a_javascript_workflow_built_by_componentize_js_runs_unchanged() {
-    let workflow = runtime()
-        .load_file(&js_component_workflow())
-        .unwrap_or_else(|e| panic!("the componentize-js workflow loads: {e}"));
-    assert!(
-        workflow
-            .imports()
-            .iter()
-            .any(|i| i.starts_with("wasi:http/outgoing-handler")),
-        "componentize-js links wasi:http for fetch: {:?}",
-        workflow.imports()
-    );
-    let (answer, _) = run_example(&workflow, "js-component").await;
+    let workflow = load_example(&js_component_workflow(), "wasi:http/outgoing-handler");
+    let answer = run_example(&workflow, "js-component").await;
 
     // `fetch` was refused by the host's deny-all wasi:http and the guest caught the rejection.
     let network = answer["network"].as_str().unwrap();
