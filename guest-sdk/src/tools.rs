@@ -1,6 +1,9 @@
-//! Read-only tools over the run's root directory.
+//! Tools over the run's root directory.
 //!
 //! Paths are relative to the root; nothing outside it exists, and results honour `.gitignore`.
+//! Writes ([`write`], [`edit`], [`remove`]) are staged in the run's changeset, which later reads
+//! see; they reach the root only when the run is applied (`corral runs apply`), and only under
+//! `--allow-write`. [`run`] runs an `--allow-run` command in a jail over the root plus changes.
 //! The host bounds every answer by a named limit (bytes read, matches, results); exceeding one
 //! fails with [`ToolError::Limit`]. These calls are synchronous: they block the workflow (but not
 //! running agent calls) until the host answers.
@@ -208,4 +211,73 @@ pub fn git_status() -> Result<Vec<StatusEntry>, ToolError> {
             status: e.status,
         })
         .collect())
+}
+
+/// One staged path of [`changes`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    /// The file, relative to the root.
+    pub path: String,
+    /// `added`, `modified` or `removed`.
+    pub kind: String,
+    /// Bytes of the staged content (0 for a removal).
+    pub bytes: u64,
+}
+
+/// What a command run by [`run`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CommandOutput {
+    /// The exit status; 128 + the signal number when a signal ended it.
+    pub code: i32,
+    /// Its standard output (lossy UTF-8).
+    pub stdout: String,
+    /// Its standard error (lossy UTF-8).
+    pub stderr: String,
+}
+
+/// Stages `text` as the new content of `path`.
+pub fn write(path: &str, text: &str) -> Result<(), ToolError> {
+    Ok(wit::write(path, text)?)
+}
+
+/// Stages `path` with its one occurrence of `old` replaced by `new`.
+pub fn edit(path: &str, old: &str, new: &str) -> Result<(), ToolError> {
+    Ok(wit::edit(path, old, new)?)
+}
+
+/// Stages the removal of `path`.
+pub fn remove(path: &str) -> Result<(), ToolError> {
+    Ok(wit::remove(path)?)
+}
+
+/// Drops what is staged for `path`.
+pub fn revert(path: &str) -> Result<(), ToolError> {
+    Ok(wit::revert(path)?)
+}
+
+/// The staged paths, sorted.
+pub fn changes() -> Vec<Change> {
+    wit::changes()
+        .into_iter()
+        .map(|c| Change {
+            path: c.path,
+            kind: c.kind,
+            bytes: c.bytes,
+        })
+        .collect()
+}
+
+/// Runs an allow-listed command with `args` in the jail; `timeout_ms` may only lower
+/// `--max-command-time`. A command that runs and fails is `Ok` with a non-zero code.
+pub fn run(
+    command: &str,
+    args: &[String],
+    timeout_ms: Option<u32>,
+) -> Result<CommandOutput, ToolError> {
+    let output = wit::run(command, args, timeout_ms)?;
+    Ok(CommandOutput {
+        code: output.code,
+        stdout: output.stdout,
+        stderr: output.stderr,
+    })
 }

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// The guest crates under `tests/guests/` (each crate is named like its folder).
-pub const TEST_GUESTS: &[&str] = &["probe", "forbidden"];
+pub const TEST_GUESTS: &[&str] = &["probe", "forbidden", "compat-0-1-0"];
 
 /// The target triple guests are built for.
 pub const GUEST_TARGET: &str = "wasm32-wasip2";

@@ -7,10 +7,10 @@
 //
 // Build: see README.md in this folder.
 
-import { start, wait, call } from 'corral:workflow/agents@0.1.0';
-import { read, glob, grep } from 'corral:workflow/tools@0.1.0';
-import { phase, log } from 'corral:workflow/progress@0.1.0';
-import { total, spent, remaining } from 'corral:workflow/budget@0.1.0';
+import { start, wait, call } from 'corral:workflow/agents@0.1.1';
+import { read, glob, grep } from 'corral:workflow/tools@0.1.1';
+import { phase, log } from 'corral:workflow/progress@0.1.1';
+import { total, spent, remaining } from 'corral:workflow/budget@0.1.1';
 
 // An imported function returning `result<T, E>` throws on `err`; the WIT error variant is the
 // thrown value's `payload` (`{ tag, val }`).

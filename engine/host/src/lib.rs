@@ -10,6 +10,7 @@ pub mod budget;
 pub mod config;
 pub mod events;
 mod host;
+pub mod jail;
 pub mod limits;
 pub mod provider;
 pub mod record;

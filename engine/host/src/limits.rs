@@ -55,6 +55,13 @@ pub struct RunLimits {
     pub tools: ToolLimits,
     /// What a workflow's embedded policy grants (`corral:policy`); by default everything.
     pub grants: Grants,
+    /// `--allow-write[=GLOB,…]`: the paths the run may stage writes to (`**`: all); none by
+    /// default, so every write is `denied`.
+    pub allow_write: Vec<String>,
+    /// `--allow-run=CMD,…`: the commands `tools.run` may run, matched exactly; none by default.
+    pub allow_run: Vec<String>,
+    /// Limits of each command `tools.run` runs.
+    pub commands: crate::jail::CommandLimits,
 }
 
 /// Grants a workflow's policy narrows a run to. `None` restricts nothing.
@@ -104,6 +111,9 @@ impl Default for RunLimits {
             schema_attempts: crate::agent_loop::MAX_SCHEMA_ATTEMPTS,
             tools: ToolLimits::default(),
             grants: Grants::default(),
+            allow_write: Vec::new(),
+            allow_run: Vec::new(),
+            commands: crate::jail::CommandLimits::default(),
         }
     }
 }

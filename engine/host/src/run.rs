@@ -127,6 +127,8 @@ pub struct RunReport {
     pub tool_time: Duration,
     /// Time it took to instantiate the component (zero if it never got that far).
     pub instantiate: Duration,
+    /// The writes the run staged (its changeset), sorted by path.
+    pub changes: Vec<crate::tools::StagedChange>,
 }
 
 type ScriptLoad = TypedFunc<(String, String), (Result<(), String>,)>;
@@ -139,7 +141,12 @@ impl Runtime {
         let ledger = BudgetLedger::with_parents(limits.budget_tokens, options.shared.budgets);
         let pause = Arc::new(crate::agent_loop::Pause::default());
         // A tool-time account of this run's own, on the same directory.
-        let root = options.root.as_ref().map(ToolRoot::for_run);
+        // A write grant that does not parse grants nothing (front ends check it first).
+        let grant = crate::tools::WriteGrant::parse(&limits.allow_write).unwrap_or_default();
+        let root = options
+            .root
+            .as_ref()
+            .map(|root| root.for_run().with_writes(grant));
         let context = AgentContext {
             provider: Arc::clone(&options.provider),
             ledger: Arc::clone(&ledger),
@@ -249,6 +256,7 @@ impl Runtime {
             guest_cpu: state.cpu.guest_time(),
             tool_time: root.as_ref().map_or(Duration::ZERO, ToolRoot::tool_time),
             instantiate,
+            changes: root.as_ref().map(ToolRoot::staged).unwrap_or_default(),
         }
     }
 }

@@ -25,7 +25,9 @@ use crate::limits::{
 /// How often the epoch advances; the granularity of CPU-limit checks and async yields.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// The export a script runtime (such as the JavaScript runtime) provides.
+/// The export a script runtime (such as the JavaScript runtime) provides. wasmtime looks export
+/// names up semver-compatibly, so this finds the `script` of any 0.1.x runtime (today's bundled
+/// one exports `@0.1.1`).
 pub const SCRIPT_EXPORT: &str = "corral:workflow/script@0.1.0";
 
 /// Process-wide settings.

@@ -104,6 +104,9 @@ pub enum ServiceError {
     /// A tenant quota is used up.
     #[error("{0}")]
     Quota(crate::tenancy::QuotaExceeded),
+    /// A run's changes cannot be applied (the root changed, an unknown path, a failed write).
+    #[error("{0}")]
+    Apply(#[from] corral_host::tools::ApplyError),
 }
 
 impl From<StoreError> for ServiceError {
@@ -132,6 +135,11 @@ impl ServiceError {
             | ServiceError::NotRunning { .. }
             | ServiceError::Interrupted { .. } => ErrorKind::Conflict,
             ServiceError::Quota(_) => ErrorKind::Quota,
+            ServiceError::Apply(corral_host::tools::ApplyError::Conflicts(_)) => {
+                ErrorKind::Conflict
+            }
+            ServiceError::Apply(corral_host::tools::ApplyError::NotStaged(_)) => ErrorKind::Invalid,
+            ServiceError::Apply(corral_host::tools::ApplyError::Io(_)) => ErrorKind::Host,
             ServiceError::NoStore | ServiceError::Store(_) => ErrorKind::Host,
         }
     }

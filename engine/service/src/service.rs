@@ -31,6 +31,7 @@ use crate::sha256_hex;
 use crate::spec::{RootRef, RunSpec, ScriptRef, WorkflowRef};
 use crate::tenancy::{Admission, RunSlot, Tenancy, Tenant};
 
+mod changes;
 mod policy;
 
 /// A script runtime component the front end bundles (such as the JavaScript runtime). The
@@ -856,6 +857,17 @@ impl RunService {
                     Ok(result) => (Some(result.clone()), None),
                     Err(error) => (None, Some(error.to_string())),
                 };
+                // The changeset first: a finished run's changes are there when it shows as
+                // finished.
+                if !report.changes.is_empty()
+                    && let Err(error) = store.put_changes(id, &report.changes)
+                {
+                    events.event(&RunEvent::Log {
+                        message: format!(
+                            "corral: the run's staged changes could not be recorded: {error}"
+                        ),
+                    });
+                }
                 // The store is a record, not the run: failing to finish it must not fail it.
                 let finished = store.finish_run(
                     id,
@@ -1374,6 +1386,7 @@ fn not_run(error: RunError, budget: Option<u64>) -> RunReport {
         guest_cpu: Duration::ZERO,
         tool_time: Duration::ZERO,
         instantiate: Duration::ZERO,
+        changes: Vec::new(),
     }
 }
 
@@ -1386,6 +1399,17 @@ struct Prepared {
 }
 
 fn validate_limits(limits: &RunLimits) -> Result<(), ServiceError> {
+    corral_host::tools::WriteGrant::parse(&limits.allow_write).map_err(ServiceError::Invalid)?;
+    if let Some(bad) = limits
+        .allow_run
+        .iter()
+        .find(|command| command.is_empty() || command.contains(['/', '\0']))
+    {
+        return Err(ServiceError::Invalid(format!(
+            "--allow-run names {bad:?}, which is not a command name: list names found on PATH, \
+             such as node or python3"
+        )));
+    }
     if limits.max_concurrent == 0 {
         return Err(ServiceError::Invalid(
             "max_concurrent (--max-concurrent) must be at least 1".to_string(),

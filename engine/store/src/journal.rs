@@ -20,8 +20,8 @@ use corral_host::record::{CallRecorder, RecordedCall, now_ms};
 
 use crate::{
     CallRow, CallStatus, CallTranscript, LogEntry, NewRun, RunDetail, RunFilter, RunFinish,
-    RunStatus, RunStore, RunSummary, StoreError, StoredWorkflow, TenantRow, TokenRow, WorkflowBody,
-    WorkflowListing,
+    RunStatus, RunStore, RunSummary, StagedChange, StoreError, StoredWorkflow, TenantRow, TokenRow,
+    WorkflowBody, WorkflowListing,
 };
 
 const SCHEMA: &str = "
@@ -109,6 +109,13 @@ CREATE TABLE IF NOT EXISTS workflows (
     created_ms INTEGER NOT NULL,
     PRIMARY KEY (tenant, hash)
 );
+CREATE TABLE IF NOT EXISTS changes (
+    run_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    base TEXT,
+    content BLOB,
+    PRIMARY KEY (run_id, path)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tenants (
     name TEXT PRIMARY KEY,
     quota TEXT NOT NULL,
@@ -712,6 +719,41 @@ impl RunStore for Journal {
             params![id, now_ms()],
         )
         .map(|_| ())
+    }
+
+    fn put_changes(&self, run: &str, changes: &[StagedChange]) -> Result<(), StoreError> {
+        let mut db = self.reader()?;
+        let mut write = || -> rusqlite::Result<()> {
+            let tx = db.transaction()?;
+            tx.execute("DELETE FROM changes WHERE run_id = ?1", params![run])?;
+            {
+                let mut insert = tx.prepare(
+                    "INSERT INTO changes (run_id, path, base, content) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for change in changes {
+                    insert.execute(params![run, change.path, change.base, change.content])?;
+                }
+            }
+            tx.commit()
+        };
+        write().map_err(|e| self.error(e))
+    }
+
+    fn changes(&self, run: &str) -> Result<Vec<StagedChange>, StoreError> {
+        let db = self.reader()?;
+        let mut statement = db
+            .prepare("SELECT path, base, content FROM changes WHERE run_id = ?1 ORDER BY path")
+            .map_err(|e| self.error(e))?;
+        statement
+            .query_map(params![run], |row| {
+                Ok(StagedChange {
+                    path: row.get(0)?,
+                    base: row.get(1)?,
+                    content: row.get(2)?,
+                })
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| self.error(e))
     }
 
     fn put_workflow(&self, workflow: &StoredWorkflow) -> Result<(), StoreError> {

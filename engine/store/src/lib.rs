@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use corral_host::provider::Usage;
 use corral_host::record::{CallRecorder, RecordedCall};
+pub use corral_host::tools::StagedChange;
 
 mod journal;
 
@@ -439,6 +440,10 @@ pub trait RunStore: Send + Sync + 'static {
     fn last_event_seq(&self, run: &str) -> Result<u64, StoreError>;
     /// Marks a run whose process is gone as failed, so it can be resumed.
     fn mark_abandoned(&self, id: &str) -> Result<(), StoreError>;
+    /// Replaces the staged changes (the changeset) recorded for `run`.
+    fn put_changes(&self, run: &str, changes: &[StagedChange]) -> Result<(), StoreError>;
+    /// The staged changes of `run`, sorted by path (empty for a run that staged none).
+    fn changes(&self, run: &str) -> Result<Vec<StagedChange>, StoreError>;
     /// Stores a workflow (idempotent by tenant and hash).
     fn put_workflow(&self, workflow: &StoredWorkflow) -> Result<(), StoreError>;
     /// A workflow of `tenant` (or a local one, with `None`) by hash.

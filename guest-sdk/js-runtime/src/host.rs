@@ -4,7 +4,7 @@
 
 use crate::bindings::corral::workflow::agents::{AgentError, AgentOptions, CallId, Completion};
 use crate::bindings::corral::workflow::tools::{
-    Commit, GrepMatch, GrepOptions, StatusEntry, ToolError,
+    Change, CommandOutput, Commit, GrepMatch, GrepOptions, StatusEntry, ToolError,
 };
 
 /// Everything a running script can ask of the Corral host, one method per WIT function it uses.
@@ -31,6 +31,23 @@ pub trait Host {
     fn git_diff(&self, range: Option<&str>) -> Result<String, ToolError>;
     /// `tools.git-status`.
     fn git_status(&self) -> Result<Vec<StatusEntry>, ToolError>;
+    /// `tools.write`.
+    fn write(&self, path: &str, text: &str) -> Result<(), ToolError>;
+    /// `tools.edit`.
+    fn edit(&self, path: &str, old: &str, new: &str) -> Result<(), ToolError>;
+    /// `tools.remove`.
+    fn remove(&self, path: &str) -> Result<(), ToolError>;
+    /// `tools.revert`.
+    fn revert(&self, path: &str) -> Result<(), ToolError>;
+    /// `tools.changes`.
+    fn changes(&self) -> Vec<Change>;
+    /// `tools.run`.
+    fn run(
+        &self,
+        command: &str,
+        args: &[String],
+        timeout_ms: Option<u32>,
+    ) -> Result<CommandOutput, ToolError>;
 
     /// `progress.phase`.
     fn phase(&self, title: &str);

@@ -142,6 +142,35 @@ mod component {
             tools::git_status()
         }
 
+        fn write(&self, path: &str, text: &str) -> Result<(), tools::ToolError> {
+            tools::write(path, text)
+        }
+
+        fn edit(&self, path: &str, old: &str, new: &str) -> Result<(), tools::ToolError> {
+            tools::edit(path, old, new)
+        }
+
+        fn remove(&self, path: &str) -> Result<(), tools::ToolError> {
+            tools::remove(path)
+        }
+
+        fn revert(&self, path: &str) -> Result<(), tools::ToolError> {
+            tools::revert(path)
+        }
+
+        fn changes(&self) -> Vec<tools::Change> {
+            tools::changes()
+        }
+
+        fn run(
+            &self,
+            command: &str,
+            args: &[String],
+            timeout_ms: Option<u32>,
+        ) -> Result<tools::CommandOutput, tools::ToolError> {
+            tools::run(command, args, timeout_ms)
+        }
+
         fn phase(&self, title: &str) {
             progress::phase(title);
         }

@@ -506,6 +506,31 @@
       diff: (range) => native.gitDiff(optionalString(range, 'tools.git.diff(range): range')),
       status: () => native.gitStatus(),
     }),
+    write(path, text) {
+      native.write(string(path, 'tools.write(path, text): path'), string(text, 'tools.write(path, text): text'));
+    },
+    edit(path, oldText, newText) {
+      native.edit(
+        string(path, 'tools.edit(path, oldText, newText): path'),
+        string(oldText, 'tools.edit(path, oldText, newText): oldText'),
+        string(newText, 'tools.edit(path, oldText, newText): newText'),
+      );
+    },
+    remove(path) {
+      native.remove(string(path, 'tools.remove(path): path'));
+    },
+    revert(path) {
+      native.revert(string(path, 'tools.revert(path): path'));
+    },
+    changes: () => native.changes(),
+    run(command, args, opts) {
+      const what = 'tools.run(command, args, opts)';
+      const list = args === undefined || args === null ? [] : args;
+      if (!Array.isArray(list)) throw new TypeError(`${what}: args must be an array of strings, not ${kind(list)}`);
+      const strings = list.map((arg, i) => string(arg, `${what}: args[${i}]`));
+      const o = options(opts, `${what}: opts`);
+      return native.run(string(command, `${what}: command`), strings, optionalCount(o.timeoutMs, `${what}: opts.timeoutMs`));
+    },
   });
 
   define('agent', agent);

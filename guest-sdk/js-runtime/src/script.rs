@@ -1152,6 +1152,106 @@ fn natives<'js>(
 
     let s = state.clone();
     natives.set(
+        "write",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, path: String, text: String| -> rquickjs::Result<()> {
+                require_running(&ctx, &s, "tools.write()")?;
+                s.host
+                    .write(&path, &text)
+                    .map_err(|e| tool_error(&ctx, &format!("tools.write({path:?})"), e))
+            },
+        )?,
+    )?;
+
+    let s = state.clone();
+    natives.set(
+        "edit",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, path: String, old: String, new: String| -> rquickjs::Result<()> {
+                require_running(&ctx, &s, "tools.edit()")?;
+                s.host
+                    .edit(&path, &old, &new)
+                    .map_err(|e| tool_error(&ctx, &format!("tools.edit({path:?})"), e))
+            },
+        )?,
+    )?;
+
+    let s = state.clone();
+    natives.set(
+        "remove",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, path: String| -> rquickjs::Result<()> {
+                require_running(&ctx, &s, "tools.remove()")?;
+                s.host
+                    .remove(&path)
+                    .map_err(|e| tool_error(&ctx, &format!("tools.remove({path:?})"), e))
+            },
+        )?,
+    )?;
+
+    let s = state.clone();
+    natives.set(
+        "revert",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, path: String| -> rquickjs::Result<()> {
+                require_running(&ctx, &s, "tools.revert()")?;
+                s.host
+                    .revert(&path)
+                    .map_err(|e| tool_error(&ctx, &format!("tools.revert({path:?})"), e))
+            },
+        )?,
+    )?;
+
+    let s = state.clone();
+    natives.set(
+        "changes",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>| -> rquickjs::Result<Array<'js>> {
+                require_running(&ctx, &s, "tools.changes()")?;
+                let array = Array::new(ctx.clone())?;
+                for (i, change) in s.host.changes().into_iter().enumerate() {
+                    let object = Object::new(ctx.clone())?;
+                    object.set("path", change.path)?;
+                    object.set("kind", change.kind)?;
+                    object.set("bytes", change.bytes as f64)?;
+                    array.set(i, object)?;
+                }
+                Ok(array)
+            },
+        )?,
+    )?;
+
+    let s = state.clone();
+    natives.set(
+        "run",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>,
+                  command: String,
+                  args: Vec<String>,
+                  timeout_ms: Option<u32>|
+                  -> rquickjs::Result<Object<'js>> {
+                require_running(&ctx, &s, "tools.run()")?;
+                let output = s
+                    .host
+                    .run(&command, &args, timeout_ms)
+                    .map_err(|e| tool_error(&ctx, &format!("tools.run({command:?})"), e))?;
+                let object = Object::new(ctx.clone())?;
+                object.set("code", output.code)?;
+                object.set("stdout", output.stdout)?;
+                object.set("stderr", output.stderr)?;
+                Ok(object)
+            },
+        )?,
+    )?;
+
+    let s = state.clone();
+    natives.set(
         "gitShow",
         Function::new(
             ctx.clone(),

@@ -3,7 +3,7 @@
 use tests::guests::guest_names;
 
 /// The guests the integration tests run; `every_guest_is_used` keeps this list honest.
-const USED: &[&str] = &["audit-files", "forbidden", "probe"];
+const USED: &[&str] = &["audit-files", "compat-0-1-0", "forbidden", "probe"];
 
 #[test]
 fn every_guest_is_used() {

@@ -4,6 +4,7 @@
 
 mod adversarial;
 mod budget;
+mod changes;
 mod cli;
 mod dashboard;
 mod guests_used;

@@ -13,6 +13,7 @@ macro_rules! out {
     }};
 }
 
+mod changes;
 mod plan;
 mod progress;
 mod run;

@@ -196,6 +196,43 @@ pub struct RunArgs {
     /// Entries one git call may visit (tree and index entries, entries of the root's .git).
     #[arg(long, default_value_t = defaults().tools.max_git_entries)]
     pub max_git_entries: usize,
+    /// Let the workflow stage writes (all paths, or only those matching the globs). Writes
+    /// stay in the run's changeset until `corral runs apply` (or --apply).
+    #[arg(long, value_name = "GLOB,…", num_args = 0..=1, require_equals = true, value_delimiter = ',', default_missing_value = "**")]
+    pub allow_write: Option<Vec<String>>,
+    /// Commands `tools.run` may run in the jail, matched exactly (no shell unless `sh` is listed).
+    #[arg(long, value_name = "CMD,…", value_delimiter = ',')]
+    pub allow_run: Vec<String>,
+    /// Apply the run's staged writes to the root when the run succeeds.
+    #[arg(long)]
+    pub apply: bool,
+    /// Largest file one write stages.
+    #[arg(long, default_value_t = Size(defaults().tools.max_write_bytes as usize))]
+    pub max_write_bytes: Size,
+    /// Bytes of all files the run stages together.
+    #[arg(long, default_value_t = Size(defaults().tools.max_staged_bytes as usize))]
+    pub max_staged_bytes: Size,
+    /// Files the run may stage.
+    #[arg(long, default_value_t = defaults().tools.max_staged_files)]
+    pub max_staged_files: usize,
+    /// Bytes of the copy of the root (with the staged writes) that commands see.
+    #[arg(long, default_value_t = Size(defaults().tools.max_view_bytes as usize))]
+    pub max_view_bytes: Size,
+    /// Wall-clock limit of one command (a call's timeoutMs may only lower it), e.g. 60s.
+    #[arg(long, default_value_t = Dur(defaults().commands.max_command_time))]
+    pub max_command_time: Dur,
+    /// Address space of each process of a command.
+    #[arg(long, default_value_t = Size(defaults().commands.max_command_memory as usize))]
+    pub max_command_memory: Size,
+    /// Processes a command may start.
+    #[arg(long, default_value_t = defaults().commands.max_command_processes)]
+    pub max_command_processes: u64,
+    /// Bytes of a command's stdout and stderr together; past it the command is killed.
+    #[arg(long, default_value_t = Size(defaults().commands.max_command_output))]
+    pub max_command_output: Size,
+    /// Bytes of a command's writable scratch /tmp.
+    #[arg(long, default_value_t = Size(defaults().commands.max_command_scratch as usize))]
+    pub max_command_scratch: Size,
     #[command(flatten)]
     pub service: ServiceArgs,
     #[command(flatten)]
@@ -402,8 +439,21 @@ pub fn limits(args: &RunArgs) -> RunLimits {
             max_output_bytes: args.max_output_bytes.0,
             max_tool_time: args.max_tool_time.0,
             max_git_entries: args.max_git_entries,
+            max_write_bytes: args.max_write_bytes.0 as u64,
+            max_staged_bytes: args.max_staged_bytes.0 as u64,
+            max_staged_files: args.max_staged_files,
+            max_view_bytes: args.max_view_bytes.0 as u64,
         },
         grants: Default::default(),
+        allow_write: args.allow_write.clone().unwrap_or_default(),
+        allow_run: args.allow_run.clone(),
+        commands: corral_host::jail::CommandLimits {
+            max_command_time: args.max_command_time.0,
+            max_command_memory: args.max_command_memory.0 as u64,
+            max_command_processes: args.max_command_processes,
+            max_command_output: args.max_command_output.0,
+            max_command_scratch: args.max_command_scratch.0 as u64,
+        },
     }
 }
 
@@ -562,9 +612,54 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Err(error) => return service_failure(error),
         };
         display.started(&handle, args.model.is_some());
+        let run_id = handle.id.clone();
         let outcome = handle.finish().await;
-        display.finished(outcome)
+        let changes = outcome.report.changes.clone();
+        let succeeded = outcome.report.outcome.is_ok();
+        let code = display.finished(outcome)?;
+        staged(&args, run_id.as_deref(), &changes, succeeded)?;
+        Ok(code)
     })
+}
+
+/// After a run: applies its staged changes with `--apply` (when it succeeded), else says how to
+/// review and apply them.
+fn staged(
+    args: &RunArgs,
+    id: Option<&str>,
+    changes: &[corral_host::tools::StagedChange],
+    succeeded: bool,
+) -> anyhow::Result<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let count = changes.len();
+    let files = if count == 1 { "file" } else { "files" };
+    match (args.apply, succeeded, &args.root) {
+        (true, true, Some(root)) => {
+            let applied = corral_host::tools::apply(root, changes, &[])
+                .map_err(|error| anyhow!("--apply: {error}"))?;
+            super::changes::report(&applied);
+        }
+        (true, false, _) => eprintln!(
+            "corral: the run failed, so its {count} staged {files} were not applied (--apply \
+             applies only a run that succeeds){}",
+            id.map_or(String::new(), |id| format!(
+                "; review them with `corral runs diff {id}`"
+            ))
+        ),
+        _ => match id {
+            Some(id) => eprintln!(
+                "corral: the run staged {count} {files}, not applied: review with `corral runs \
+                 diff {id}`, apply with `corral runs apply {id}`"
+            ),
+            None => eprintln!(
+                "corral: the run staged {count} {files}, which are dropped: without a journal \
+                 only --apply can keep them"
+            ),
+        },
+    }
+    Ok(())
 }
 
 fn summarize(report: &RunReport, cost: f64, failures: &[Failures], unpriced: &BTreeSet<String>) {

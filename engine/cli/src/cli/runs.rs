@@ -27,6 +27,11 @@ pub enum RunsCommand {
     Stop(StopArgs),
     /// Run a run again, answering its completed agent calls from the journal.
     Resume(ResumeArgs),
+    /// The writes a run staged, as a unified diff against its root as it is now.
+    Diff(super::changes::DiffArgs),
+    /// Write a run's staged changes into its root (refused, writing nothing, for files the
+    /// root changed since the run staged them).
+    Apply(super::changes::ApplyArgs),
 }
 
 #[derive(Args)]
@@ -120,6 +125,8 @@ pub fn runs(command: RunsCommand) -> anyhow::Result<ExitCode> {
         RunsCommand::Watch(args) => super::watch::watch(args),
         RunsCommand::Stop(args) => stop(args),
         RunsCommand::Resume(args) => resume(args),
+        RunsCommand::Diff(args) => super::changes::diff(args),
+        RunsCommand::Apply(args) => super::changes::apply(args),
     }
 }
 
@@ -238,6 +245,14 @@ fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     print_report(&detail, service.config());
+    if let Ok(run) = service.run_changes_of(None, &id)
+        && !run.changes.is_empty()
+    {
+        out!(
+            "changes: {} staged, not applied here (`corral runs diff {id}`, `corral runs apply {id}`)",
+            run.changes.len()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -289,6 +304,24 @@ fn print_report(detail: &RunDetail, config: &corral_host::config::CorralConfig) 
         &detail.args
     };
     out!("provider {}  args {args}", detail.provider);
+    let spec = detail
+        .spec
+        .as_deref()
+        .and_then(|text| serde_json::from_str::<corral_service::RunSpec>(text).ok());
+    if let Some(limits) = spec.as_ref().map(|spec| &spec.limits) {
+        let list = |items: &[String]| {
+            if items.is_empty() {
+                "none".to_string()
+            } else {
+                items.join(",")
+            }
+        };
+        out!(
+            "grants: write {}  run {}",
+            list(&limits.allow_write),
+            list(&limits.allow_run)
+        );
+    }
     out!();
     let (phases, all) = recorded_phases(detail, config);
     for (name, tally, elapsed) in &phases {

@@ -27,6 +27,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::agent_loop::AGENT_TOOLS;
+
+/// Tools a manifest can grant besides the agents' ones: staging writes (`write`, `edit`,
+/// `remove`, `revert`) and running allow-listed commands. The run's own grants
+/// (`--allow-write`, `--allow-run`) still apply.
+pub const SCRIPT_TOOLS: [&str; 2] = ["write", "run"];
 use crate::limits::{RunLimits, format_duration, format_size, parse_duration, parse_size};
 
 /// A parsed, checked manifest. Its JSON (durations in milliseconds, sizes in bytes) is what the
@@ -199,15 +204,13 @@ impl Policy {
     }
 
     fn check(&self) -> Result<(), String> {
-        if let Some(tool) = self
-            .grants
-            .tools
-            .iter()
-            .find(|tool| !AGENT_TOOLS.contains(&tool.as_str()))
-        {
+        if let Some(tool) = self.grants.tools.iter().find(|tool| {
+            !AGENT_TOOLS.contains(&tool.as_str()) && !SCRIPT_TOOLS.contains(&tool.as_str())
+        }) {
             return Err(format!(
-                "grants.tools: unknown tool '{tool}' (the tools are {})",
-                AGENT_TOOLS.join(", ")
+                "grants.tools: unknown tool '{tool}' (the tools are {}, {})",
+                AGENT_TOOLS.join(", "),
+                SCRIPT_TOOLS.join(", ")
             ));
         }
         let l = &self.limits;

@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use super::RunState;
 use super::bindings::corral::workflow::tools::{
-    Commit, GrepMatch, GrepOptions, Host, StatusEntry, ToolError,
+    Change, CommandOutput, Commit, GrepMatch, GrepOptions, Host, StatusEntry, ToolError,
 };
+use crate::jail::{self, CommandRequest, JailError};
 use crate::tools::{self, ToolRoot};
 
 impl RunState {
@@ -107,6 +108,59 @@ impl Host for RunState {
             .await
     }
 
+    async fn write(
+        &mut self,
+        path: String,
+        text: String,
+    ) -> wasmtime::Result<Result<(), ToolError>> {
+        self.with_root("write", move |root| root.write(&path, &text))
+            .await
+    }
+
+    async fn edit(
+        &mut self,
+        path: String,
+        old_text: String,
+        new_text: String,
+    ) -> wasmtime::Result<Result<(), ToolError>> {
+        self.with_root("write", move |root| root.edit(&path, &old_text, &new_text))
+            .await
+    }
+
+    async fn remove(&mut self, path: String) -> wasmtime::Result<Result<(), ToolError>> {
+        self.with_root("write", move |root| root.remove(&path))
+            .await
+    }
+
+    async fn revert(&mut self, path: String) -> wasmtime::Result<Result<(), ToolError>> {
+        self.with_root("write", move |root| root.revert(&path))
+            .await
+    }
+
+    async fn changes(&mut self) -> wasmtime::Result<Vec<Change>> {
+        let Some(root) = &self.tools else {
+            return Ok(Vec::new());
+        };
+        Ok(root
+            .changes()
+            .into_iter()
+            .map(|change| Change {
+                path: change.path,
+                kind: change.kind.as_str().to_string(),
+                bytes: change.bytes,
+            })
+            .collect())
+    }
+
+    async fn run(
+        &mut self,
+        command: String,
+        args: Vec<String>,
+        timeout_ms: Option<u32>,
+    ) -> wasmtime::Result<Result<CommandOutput, ToolError>> {
+        self.run_command(command, args, timeout_ms).await
+    }
+
     async fn git_status(&mut self) -> wasmtime::Result<Result<Vec<StatusEntry>, ToolError>> {
         self.with_root("git", |root| {
             let entries = root.git_status()?;
@@ -119,6 +173,69 @@ impl Host for RunState {
                 .collect())
         })
         .await
+    }
+}
+
+impl RunState {
+    /// `tools.run`: the grant, the view, then the jail.
+    async fn run_command(
+        &mut self,
+        command: String,
+        args: Vec<String>,
+        timeout_ms: Option<u32>,
+    ) -> wasmtime::Result<Result<CommandOutput, ToolError>> {
+        if !self.limits.grants.tool("run") {
+            return Ok(Err(ToolError::Denied(
+                "the tool 'run' is not granted by the workflow's policy manifest (grants.tools)"
+                    .to_string(),
+            )));
+        }
+        if !self.limits.allow_run.contains(&command) {
+            let granted = if self.limits.allow_run.is_empty() {
+                "this run grants no commands".to_string()
+            } else {
+                format!(
+                    "this run grants only --allow-run={}",
+                    self.limits.allow_run.join(",")
+                )
+            };
+            return Ok(Err(ToolError::Denied(format!(
+                "running {command:?} is denied: {granted}: start the run with \
+                 --allow-run={command} (commands are matched exactly; there is no shell)"
+            ))));
+        }
+        // The view is synced on the blocking pool, through the same root checks as reads.
+        let view = self.with_root("run", |root| root.command_view()).await?;
+        let view = match view {
+            Ok(view) => view,
+            Err(error) => return Ok(Err(error)),
+        };
+        let request = CommandRequest {
+            program: command,
+            args,
+            timeout: timeout_ms.map(|ms| std::time::Duration::from_millis(u64::from(ms))),
+        };
+        let began = Instant::now();
+        // When the run ends this future is dropped, which kills the jail (kill on drop).
+        let outcome = jail::run(
+            &view,
+            &request,
+            &self.limits.commands,
+            std::future::pending(),
+        )
+        .await;
+        self.cpu.add_suspended(began.elapsed());
+        Ok(match outcome {
+            Ok(output) => Ok(CommandOutput {
+                code: output.code,
+                stdout: output.stdout,
+                stderr: output.stderr,
+            }),
+            Err(JailError::NotFound(m)) => Err(ToolError::NotFound(m)),
+            Err(JailError::Limit(m)) => Err(ToolError::Limit(m)),
+            Err(JailError::InvalidInput(m)) => Err(ToolError::InvalidInput(m)),
+            Err(JailError::Unavailable(m) | JailError::Io(m)) => Err(ToolError::Io(m)),
+        })
     }
 }
 

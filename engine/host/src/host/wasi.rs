@@ -89,9 +89,11 @@ impl wasmtime_wasi_http::WasiHttpHooks for DenyHttp {
     }
 }
 
-/// The version of `corral:workflow` this host provides (`wit/workflow.wit`); a component built
-/// against any `0.1.x` of it runs.
-pub(crate) const CORRAL_WORKFLOW_VERSION: &str = "0.1.0";
+/// The version of `corral:workflow` this host provides (`wit/workflow.wit`). Versions within
+/// 0.1 only add functions, so a component built against any earlier `0.1.x` runs, and one built
+/// against a later `0.1.x` runs when it imports only functions this host has (wasmtime links
+/// `@0.1.0` imports to the `@0.1.1` instances: semver-compatible names).
+pub(crate) const CORRAL_WORKFLOW_VERSION: &str = "0.1.1";
 
 /// Corral interfaces (without version) a component may import.
 pub(crate) const ALLOWED_CORRAL: &[&str] = &[
@@ -379,7 +381,7 @@ mod tests {
 
     #[test]
     fn another_version_of_corrals_wit_is_named_with_ours() {
-        for version in ["0.1.0", "0.1.3"] {
+        for version in ["0.1.0", "0.1.1", "0.1.3"] {
             check_imports([format!("corral:workflow/progress@{version}").as_str()]).unwrap();
         }
         for version in ["0.2.0", "1.0.0", "0.10.0", ""] {
@@ -391,7 +393,7 @@ mod tests {
             let error = check_imports([import.as_str()]).unwrap_err();
             assert!(error.contains(&format!("`{import}`")), "{error}");
             assert!(
-                error.contains("this Corral provides corral:workflow@0.1.0"),
+                error.contains("this Corral provides corral:workflow@0.1.1"),
                 "{error}"
             );
         }
@@ -412,7 +414,7 @@ mod tests {
         );
         assert_eq!(
             version.short(),
-            "this Corral provides corral:workflow@0.1.0"
+            "this Corral provides corral:workflow@0.1.1"
         );
         assert!(
             version

@@ -1,11 +1,14 @@
 //! `grep`: a ripgrep-style search of the files under the root.
 
+use super::changes::Overlay;
 use super::clock::{Call, Checked};
 use super::walk::{self, Mode, Pattern};
 use super::{GrepMatch, GrepOptions, ToolError, ToolRoot, confine, output_limit};
 use grep_regex::RegexMatcherBuilder;
 use grep_searcher::{BinaryDetection, Searcher, SearcherBuilder, Sink, SinkMatch};
 use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
 
 /// Largest compiled program of a grep pattern (the regex crate's `size_limit`): a pattern like
 /// `a{1000}{1000}` is refused instead of compiled into gigabytes.
@@ -129,35 +132,65 @@ pub(super) fn grep(
     };
     let mut out_bytes = 0usize;
     let base = root.path();
-    'files: for entry in walk::walker(root, call, Mode::Search, filter.as_ref()) {
-        let entry = entry?;
-        if !entry.file_type().is_some_and(|t| t.is_file()) {
+    // Files the run staged that the root does not have are searched after the walk.
+    let added: Vec<(String, Arc<[u8]>)> = {
+        let staged = root.changes.lock().unwrap_or_else(|e| e.into_inner());
+        staged
+            .added()
+            .filter(|(path, _)| filter.as_ref().is_none_or(|f| f.is_match(Path::new(path))))
+            .map(|(path, content)| (path.to_string(), Arc::clone(content)))
+            .collect()
+    };
+    let walked = walk::walker(root, call, Mode::Search, filter.as_ref()).map(|entry| {
+        entry.map(|entry| {
+            let rel = entry.path().strip_prefix(base).ok()?;
+            if !entry.file_type().is_some_and(|t| t.is_file()) {
+                return None;
+            }
+            if filter.as_ref().is_some_and(|f| !f.is_match(rel)) {
+                return None;
+            }
+            let rel = rel.to_str()?.to_string();
+            Some(match root.overlay(&rel) {
+                Overlay::Root => Source::File(rel),
+                Overlay::Staged(content) => Source::Staged(rel, content),
+                Overlay::Removed => return None,
+            })
+        })
+    });
+    let sources = walked.chain(
+        added
+            .into_iter()
+            .map(|(path, content)| Ok(Some(Source::Staged(path, content)))),
+    );
+    'files: for source in sources {
+        let Some(source) = source? else {
             continue;
-        }
-        let Ok(rel) = entry.path().strip_prefix(base) else {
-            continue;
-        };
-        if filter.as_ref().is_some_and(|f| !f.is_match(rel)) {
-            continue;
-        }
-        // Opening through the capability keeps a file swapped for a symlink after the walk
-        // inside, and a file swapped for a FIFO is refused without blocking.
-        let Some(rel_str) = rel.to_str() else {
-            continue;
-        };
-        let Ok((file, _)) = confine::open_regular(&root.inner.dir, rel_str, rel_str) else {
-            continue;
-        };
-        let reader = Checked {
-            inner: file.into_std(),
-            call,
         };
         // One more than the room left, to tell "exactly at the limit" from "over it".
         found.reset(cap - out.len() + usize::from(overflow_is_error));
-        if searcher
-            .search_reader(&matcher, reader, &mut found)
-            .is_err()
-        {
+        let (rel_str, searched) = match &source {
+            Source::File(rel) => {
+                // Opening through the capability keeps a file swapped for a symlink after the
+                // walk inside, and a file swapped for a FIFO is refused without blocking.
+                let Ok((file, _)) = confine::open_regular(&root.inner.dir, rel, rel) else {
+                    continue;
+                };
+                let reader = Checked {
+                    inner: file.into_std(),
+                    call,
+                };
+                (
+                    rel.as_str(),
+                    searcher.search_reader(&matcher, reader, &mut found),
+                )
+            }
+            Source::Staged(rel, content) => (
+                rel.as_str(),
+                searcher.search_slice(&matcher, content, &mut found),
+            ),
+        };
+        if searched.is_err() {
             // The call ran out of time (reported as such), or the file could not be searched
             // (unreadable, or a line over the limit): skipped, as ripgrep does.
             call.check()?;
@@ -169,7 +202,7 @@ pub(super) fn grep(
         if found.lines.is_empty() {
             continue;
         }
-        let path = confine::rel_string(rel);
+        let path = rel_str.to_string();
         for (line, range) in &found.lines {
             if out.len() == cap {
                 if overflow_is_error {
@@ -203,6 +236,12 @@ pub(super) fn grep(
     // The walk visits `a/b` before `a.b`; answers are sorted by path string, then line.
     out.sort_by(|a, b| a.path.cmp(&b.path).then(a.line.cmp(&b.line)));
     Ok(out)
+}
+
+/// What one grep searches: a file of the root, or a file's staged content.
+enum Source {
+    File(String),
+    Staged(String, Arc<[u8]>),
 }
 
 fn decimal_len(mut n: u64) -> usize {

@@ -9,10 +9,12 @@
 //!
 //! Every limit a guest can hit has a name, a default and a CLI flag, and the error says which.
 
+mod changes;
 mod clock;
 mod confine;
 mod git;
 mod grep;
+mod view;
 mod walk;
 
 #[cfg(test)]
@@ -22,9 +24,13 @@ mod fuzz;
 #[cfg(test)]
 mod tests;
 
+pub use changes::{
+    Applied, ApplyError, Change, ChangeKind, StagedChange, WriteGrant, apply, content_hash, diff,
+};
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// Limits on what one tool call may return; each one has a CLI flag of the same name.
@@ -46,6 +52,15 @@ pub struct ToolLimits {
     /// Most entries one git call may visit: tree entries walked, index entries, entries of the
     /// root's `.git` directory (`--max-git-entries`).
     pub max_git_entries: usize,
+    /// Largest file one write stages, in bytes (`--max-write-bytes`).
+    pub max_write_bytes: u64,
+    /// Bytes of all files a run stages together (`--max-staged-bytes`).
+    pub max_staged_bytes: u64,
+    /// Files a run may stage (`--max-staged-files`).
+    pub max_staged_files: usize,
+    /// Bytes of the copy of the root (with the changeset) that `run` commands see
+    /// (`--max-view-bytes`).
+    pub max_view_bytes: u64,
 }
 
 impl Default for ToolLimits {
@@ -57,6 +72,10 @@ impl Default for ToolLimits {
             max_output_bytes: 4 * 1024 * 1024,
             max_tool_time: Duration::from_secs(10 * 60),
             max_git_entries: 250_000,
+            max_write_bytes: 1024 * 1024,
+            max_staged_bytes: 64 * 1024 * 1024,
+            max_staged_files: 1_000,
+            max_view_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -134,6 +153,12 @@ pub struct ToolRoot {
     /// The run's tool time, and the signal that stops calls when the run ends: one per run
     /// ([`ToolRoot::for_run`]), while the directory and the repository are shared.
     clock: Arc<clock::ToolClock>,
+    /// The run's staged writes, which its reads see: one per run, like the clock.
+    changes: Arc<Mutex<changes::Changeset>>,
+    /// What the run may write (`--allow-write`); nothing by default.
+    write_grant: Arc<WriteGrant>,
+    /// The copy of the root with the changeset that commands see, made on first use.
+    view: Arc<Mutex<Option<view::View>>>,
 }
 
 struct Inner {
@@ -175,6 +200,9 @@ impl ToolRoot {
             .map_err(|err| ToolError::Io(format!("cannot open root directory {shown}: {err}")))?;
         Ok(ToolRoot {
             clock: Arc::new(clock::ToolClock::new(limits.max_tool_time)),
+            changes: Arc::default(),
+            write_grant: Arc::default(),
+            view: Arc::default(),
             inner: Arc::new(Inner {
                 path,
                 dir: cap,
@@ -200,7 +228,32 @@ impl ToolRoot {
         ToolRoot {
             inner: Arc::clone(&self.inner),
             clock: Arc::new(clock::ToolClock::new(self.inner.limits.max_tool_time)),
+            changes: Arc::default(),
+            write_grant: Arc::default(),
+            view: Arc::default(),
         }
+    }
+
+    /// The same run's root, allowed to stage the writes `grant` allows.
+    pub fn with_writes(mut self, grant: WriteGrant) -> ToolRoot {
+        self.write_grant = Arc::new(grant);
+        self
+    }
+
+    /// The directory a jailed command of this run sees as `/work`: a copy of the root with the
+    /// changeset applied, brought up to date first. Blocking.
+    pub fn command_view(&self) -> Result<PathBuf, ToolError> {
+        let _call = self.clock.begin("run")?;
+        self.synced_view()
+    }
+
+    /// What the changeset holds for the normalised path `rel`.
+    fn overlay(&self, rel: &str) -> changes::Overlay {
+        let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        if changes.is_empty() {
+            return changes::Overlay::Root;
+        }
+        changes.lookup(rel)
     }
 
     /// Host time the tool calls of this root have taken so far (finished calls).
@@ -218,6 +271,11 @@ impl ToolRoot {
     pub fn read(&self, path: &str) -> Result<String, ToolError> {
         let _call = self.clock.begin("read")?;
         let rel = confine::normalize(path)?;
+        match self.overlay(&rel) {
+            changes::Overlay::Staged(content) => return Ok(confine::lossy(content.to_vec())),
+            changes::Overlay::Removed => return Err(changes::removed(path)),
+            changes::Overlay::Root => {}
+        }
         let bytes = self.read_bytes(path, confine::as_dir_path(&rel))?;
         Ok(confine::lossy(bytes))
     }

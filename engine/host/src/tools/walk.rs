@@ -335,6 +335,12 @@ pub(super) fn walker<'c, 'a>(
 pub(super) fn glob(root: &ToolRoot, call: &Call, pattern: &str) -> Result<Vec<String>, ToolError> {
     let compiled = Pattern::new(pattern)?;
     let max = root.limits().max_glob_results;
+    let too_many = || {
+        ToolError::Limit(format!(
+            "glob {pattern:?} matches more than {max} files: narrow the pattern or raise \
+             --max-glob-results"
+        ))
+    };
     let base = root.path();
     let mut out = Vec::new();
     for entry in walker(root, call, Mode::Search, Some(&compiled)) {
@@ -346,15 +352,28 @@ pub(super) fn glob(root: &ToolRoot, call: &Call, pattern: &str) -> Result<Vec<St
             continue;
         };
         if compiled.is_match(rel) {
-            if out.len() == max {
-                return Err(ToolError::Limit(format!(
-                    "glob {pattern:?} matches more than {max} files: narrow the pattern or raise \
-                     --max-glob-results"
-                )));
+            let path = confine::rel_string(rel);
+            if matches!(root.overlay(&path), super::changes::Overlay::Removed) {
+                continue;
             }
-            out.push(confine::rel_string(rel));
+            if out.len() == max {
+                return Err(too_many());
+            }
+            out.push(path);
         }
     }
+    // Files the run staged that the root does not have.
+    let staged = root.changes.lock().unwrap_or_else(|e| e.into_inner());
+    for (path, _) in staged.added() {
+        if compiled.is_match(Path::new(path)) {
+            if out.len() == max {
+                return Err(too_many());
+            }
+            out.push(path.to_string());
+        }
+    }
+    drop(staged);
     out.sort_unstable();
+    out.dedup();
     Ok(out)
 }

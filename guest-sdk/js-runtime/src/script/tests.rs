@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::bindings::corral::workflow::agents::AgentOutput;
-use crate::bindings::corral::workflow::tools::{Commit, GrepMatch, StatusEntry};
+use crate::bindings::corral::workflow::tools::{
+    Change, CommandOutput, Commit, GrepMatch, StatusEntry,
+};
 use crate::bindings::corral::workflow::types::Usage;
 
 type Respond = Box<dyn Fn(&str, &AgentOptions) -> Result<AgentOutput, AgentError>>;
@@ -207,6 +209,55 @@ impl Host for FakeHost {
             path: "a.txt".to_owned(),
             status: "modified".to_owned(),
         }])
+    }
+
+    fn write(&self, path: &str, text: &str) -> Result<(), ToolError> {
+        self.event(format!("write {path} {text:?}"));
+        Ok(())
+    }
+
+    fn edit(&self, path: &str, old: &str, new: &str) -> Result<(), ToolError> {
+        if old == "absent" {
+            return Err(ToolError::InvalidInput(format!(
+                "edit of {path:?}: the text to replace does not occur in the file"
+            )));
+        }
+        self.event(format!("edit {path} {old:?} {new:?}"));
+        Ok(())
+    }
+
+    fn remove(&self, path: &str) -> Result<(), ToolError> {
+        self.event(format!("remove {path}"));
+        Ok(())
+    }
+
+    fn revert(&self, path: &str) -> Result<(), ToolError> {
+        self.event(format!("revert {path}"));
+        Ok(())
+    }
+
+    fn changes(&self) -> Vec<Change> {
+        vec![Change {
+            path: "a.txt".to_owned(),
+            kind: "modified".to_owned(),
+            bytes: 3,
+        }]
+    }
+
+    fn run(
+        &self,
+        command: &str,
+        args: &[String],
+        timeout_ms: Option<u32>,
+    ) -> Result<CommandOutput, ToolError> {
+        if command != "node" {
+            return Err(ToolError::Denied(format!("running {command:?} is denied")));
+        }
+        Ok(CommandOutput {
+            code: 1,
+            stdout: format!("{command} {args:?} {timeout_ms:?}"),
+            stderr: "failed".to_owned(),
+        })
     }
 
     fn phase(&self, title: &str) {
@@ -1250,18 +1301,6 @@ fn rule_15_agent_type_and_isolation_are_not_implemented_and_are_ignored_once_wit
 }
 
 #[test]
-fn rule_17_and_18_writing_and_running_tools_do_not_exist_yet() {
-    assert_eq!(
-        ok(
-            "return ['write', 'edit', 'remove', 'revert', 'changes', 'run'].map((f) => typeof tools[f])"
-        ),
-        "[\"undefined\",\"undefined\",\"undefined\",\"undefined\",\"undefined\",\"undefined\"]"
-    );
-    let error = err("tools.write('a.txt', 'x')");
-    assert!(error.starts_with("TypeError: not a function"), "{error}");
-}
-
-#[test]
 fn rule_19_args_are_exactly_as_given() {
     let host = Rc::new(FakeHost::new(echo()));
     let shape = "return args === undefined ? 'undefined' : args === null ? 'null' : args";
@@ -1312,6 +1351,57 @@ fn rule_13_tools() {
             "git log Some(\"src\") Some(2)"
         ]
     );
+}
+
+#[test]
+fn rule_17_and_18_writes_and_commands() {
+    let host = Rc::new(FakeHost::new(echo()));
+    let result = run_on(
+        &host,
+        "tools.write('a.txt', 'new'); tools.edit('a.txt', 'ne', 'o'); tools.remove('b.txt'); tools.revert('b.txt');\n\
+         let missing; try { tools.edit('a.txt', 'absent', 'x') } catch (e) { missing = e.code }\n\
+         let denied; try { tools.run('sh', ['-c', 'x']) } catch (e) { denied = e.code }\n\
+         return [tools.changes(), await tools.run('node', ['--test', 'a.test.js'], { timeoutMs: 500 }), tools.run('node'), missing, denied]",
+        "null",
+    )
+    .unwrap();
+    let result: serde_json::Value = serde_json::from_str(&result).unwrap();
+    assert_eq!(
+        result,
+        serde_json::json!([[{ "path": "a.txt", "kind": "modified", "bytes": 3 }],
+            { "code": 1, "stdout": "node [\"--test\", \"a.test.js\"] Some(500)", "stderr": "failed" },
+            { "code": 1, "stdout": "node [] None", "stderr": "failed" }, "invalid-input", "denied"])
+    );
+    assert_eq!(
+        host.events(),
+        [
+            "write a.txt \"new\"",
+            "edit a.txt \"ne\" \"o\"",
+            "remove b.txt",
+            "revert b.txt"
+        ]
+    );
+    for (call, message) in [
+        (
+            "tools.write('a.txt', 5)",
+            "tools.write(path, text): text must be a string",
+        ),
+        (
+            "tools.run('node', '--test')",
+            "args must be an array of strings, not string",
+        ),
+        (
+            "tools.run('node', [1])",
+            "tools.run(command, args, opts): args[0] must be a string",
+        ),
+        (
+            "tools.run('node', [], { timeoutMs: -1 })",
+            "opts.timeoutMs must be a whole number",
+        ),
+    ] {
+        let error = err(call);
+        assert!(error.contains(message), "{call}: {error}");
+    }
 }
 
 #[test]

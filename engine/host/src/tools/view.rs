@@ -1,0 +1,211 @@
+//! The materialised view a jailed command sees: a copy of the root with the run's changeset
+//! applied, in a temporary directory of the run's own.
+//!
+//! The copy is made on the first `run` and brought up to date (only the paths whose staged state
+//! changed) before each later one. It holds every regular file of the root except `.git`,
+//! ignored files included (a test may need `node_modules`); symlinks and special files are
+//! left out, so nothing in the view points outside it. Its size is bounded by
+//! `--max-view-bytes`. Files are world-readable and directories world-traversable, because a
+//! root host runs the jail as an unprivileged user.
+
+use super::{ToolError, ToolRoot, confine};
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The view of one run.
+pub(super) struct View {
+    dir: tempfile::TempDir,
+    /// The changeset generation the view shows.
+    generation: u64,
+    /// What the view shows for each staged path, as last synced (`None`: removed).
+    shown: BTreeMap<String, Option<Arc<[u8]>>>,
+    /// Bytes copied into the view so far.
+    bytes: u64,
+}
+
+impl View {
+    pub(super) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl ToolRoot {
+    /// The run's view, created or brought up to date; returns its path.
+    pub(super) fn synced_view(&self) -> Result<PathBuf, ToolError> {
+        let mut slot = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(self.copy_root()?);
+        }
+        let view = slot.as_mut().expect("created above");
+        let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        if view.generation == changes.generation() {
+            return Ok(view.path().to_path_buf());
+        }
+        let wanted: BTreeMap<String, Option<Arc<[u8]>>> = changes
+            .entries()
+            .map(|(path, content)| (path.to_string(), content.cloned()))
+            .collect();
+        let generation = changes.generation();
+        drop(changes);
+        // Paths no longer staged show the root's file again.
+        let reverted: Vec<String> = view
+            .shown
+            .keys()
+            .filter(|path| !wanted.contains_key(*path))
+            .cloned()
+            .collect();
+        for path in reverted {
+            let content = self.root_file(&path)?;
+            self.put(view, &path, content.as_deref())?;
+        }
+        for (path, content) in &wanted {
+            if view.shown.get(path) != Some(content) {
+                self.put(view, path, content.as_deref())?;
+            }
+        }
+        view.shown = wanted;
+        view.generation = generation;
+        Ok(view.path().to_path_buf())
+    }
+
+    /// Writes `content` at `rel` in the view (`None`: removes it).
+    fn put(&self, view: &mut View, rel: &str, content: Option<&[u8]>) -> Result<(), ToolError> {
+        let target = view.path().join(rel);
+        let failed = |error: std::io::Error| {
+            ToolError::Io(format!(
+                "cannot update the command view at {rel:?}: {error}"
+            ))
+        };
+        match content {
+            None => match std::fs::remove_file(&target) {
+                Ok(()) => Ok(()),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(error) => Err(failed(error)),
+            },
+            Some(bytes) => {
+                self.charge(view, bytes.len() as u64)?;
+                if let Some(parent) = target.parent() {
+                    create_dirs(view.path(), parent).map_err(failed)?;
+                }
+                std::fs::write(&target, bytes).map_err(failed)?;
+                set_mode(&target, 0o644).map_err(failed)
+            }
+        }
+    }
+
+    fn charge(&self, view: &mut View, bytes: u64) -> Result<(), ToolError> {
+        let max = self.inner.limits.max_view_bytes;
+        view.bytes += bytes;
+        if view.bytes > max {
+            return Err(ToolError::Limit(format!(
+                "the command view (a copy of the root with the run's changes) would take more \
+                 than {max} bytes: raise --max-view-bytes or run commands over a smaller root"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The root's regular file at `rel`, or `None`.
+    fn root_file(&self, rel: &str) -> Result<Option<Vec<u8>>, ToolError> {
+        match confine::open_regular(&self.inner.dir, rel, rel) {
+            Ok((mut file, _)) => {
+                let mut bytes = Vec::new();
+                file.read_to_end(&mut bytes)
+                    .map_err(|error| confine::io_error(rel, error))?;
+                Ok(Some(bytes))
+            }
+            Err(ToolError::NotFound(_)) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Copies the root's regular files (not `.git`, not symlinks) into a new view.
+    fn copy_root(&self) -> Result<View, ToolError> {
+        let failed = |error: std::io::Error| {
+            ToolError::Io(format!("cannot create the command view: {error}"))
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("corral-view-")
+            .tempdir()
+            .map_err(failed)?;
+        set_mode(dir.path(), 0o755).map_err(failed)?;
+        let mut view = View {
+            dir,
+            generation: 0,
+            shown: BTreeMap::new(),
+            bytes: 0,
+        };
+        let base = self.path().to_path_buf();
+        let walk = ignore::WalkBuilder::new(&base)
+            .standard_filters(false)
+            .hidden(false)
+            .follow_links(false)
+            .filter_entry(|entry| entry.file_name() != ".git")
+            .build();
+        for entry in walk {
+            let entry =
+                entry.map_err(|error| ToolError::Io(format!("cannot walk the root: {error}")))?;
+            let Some(kind) = entry.file_type() else {
+                continue;
+            };
+            let Ok(rel) = entry.path().strip_prefix(&base) else {
+                continue;
+            };
+            if rel.as_os_str().is_empty() {
+                continue;
+            }
+            let target = view.path().join(rel);
+            if kind.is_dir() {
+                std::fs::create_dir(&target).map_err(failed)?;
+                set_mode(&target, 0o755).map_err(failed)?;
+            } else if kind.is_file() {
+                let rel = confine::rel_string(rel);
+                // Through the capability, so a file swapped for a symlink is never followed out.
+                let Some(bytes) = self.root_file(&rel)? else {
+                    continue;
+                };
+                self.charge(&mut view, bytes.len() as u64)?;
+                std::fs::write(&target, &bytes).map_err(failed)?;
+                let executable = entry.metadata().is_ok_and(|meta| is_executable(&meta));
+                set_mode(&target, if executable { 0o755 } else { 0o644 }).map_err(failed)?;
+            }
+        }
+        Ok(view)
+    }
+}
+
+/// Creates `dir` and its missing ancestors below `top`, world-traversable.
+fn create_dirs(top: &Path, dir: &Path) -> std::io::Result<()> {
+    if dir == top || dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dirs(top, parent)?;
+    }
+    std::fs::create_dir(dir)?;
+    set_mode(dir, 0o755)
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
+    Ok(())
+}
+
+#[cfg(unix)]
+fn is_executable(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    meta.permissions().mode() & 0o111 != 0
+}
+
+#[cfg(not(unix))]
+fn is_executable(_meta: &std::fs::Metadata) -> bool {
+    false
+}

@@ -1,0 +1,94 @@
+//! A finished run's changeset: review (`diff`) and apply, for the CLI and the server alike.
+
+use std::path::PathBuf;
+
+use corral_host::tools::{self, Applied, StagedChange};
+use corral_store::StoreError;
+
+use super::RunService;
+use crate::error::ServiceError;
+use crate::spec::{RootRef, RunSpec};
+
+/// A run's staged changes and the directory they apply to.
+pub struct RunChanges {
+    /// The run's full id.
+    pub id: String,
+    /// The run's root directory.
+    pub root: PathBuf,
+    /// What the run staged, sorted by path.
+    pub changes: Vec<StagedChange>,
+}
+
+impl RunService {
+    /// The changes run `id` staged, and its root. A run still running has none recorded yet.
+    pub fn run_changes_of(
+        &self,
+        scope: Option<&str>,
+        id: &str,
+    ) -> Result<RunChanges, ServiceError> {
+        let id = self.resolve(scope, id)?;
+        let store = self.store()?;
+        let detail = store.run_detail(&id)?;
+        let spec_text = detail
+            .spec
+            .ok_or_else(|| ServiceError::NotResumable(id.clone()))?;
+        let spec: RunSpec = serde_json::from_str(&spec_text).map_err(|error| {
+            ServiceError::Store(StoreError::Corrupt(format!(
+                "the spec of run {id}: {error}"
+            )))
+        })?;
+        let root = self.root_dir(&spec)?.ok_or_else(|| {
+            ServiceError::Invalid(format!(
+                "run {id} had no root directory, so it has no changes to review or apply"
+            ))
+        })?;
+        let changes = store.changes(&id)?;
+        Ok(RunChanges { id, root, changes })
+    }
+
+    /// A unified diff of what run `id` staged against its root as the root is now.
+    pub fn diff(&self, scope: Option<&str>, id: &str) -> Result<String, ServiceError> {
+        let run = self.run_changes_of(scope, id)?;
+        Ok(tools::diff(&run.root, &run.changes)?)
+    }
+
+    /// Writes what run `id` staged (only `paths`, when given) into its root; refuses, writing
+    /// nothing, when any of those files changed in the root since the run staged it.
+    pub fn apply(
+        &self,
+        scope: Option<&str>,
+        id: &str,
+        paths: &[String],
+    ) -> Result<Applied, ServiceError> {
+        let run = self.run_changes_of(scope, id)?;
+        if run.changes.is_empty() {
+            return Err(ServiceError::Invalid(format!(
+                "run {} staged no changes, so there is nothing to apply (a run stages writes \
+                 only when it is granted --allow-write)",
+                run.id
+            )));
+        }
+        Ok(tools::apply(&run.root, &run.changes, paths)?)
+    }
+
+    /// The directory a spec's root names: its path, or for a tenant the operator's directory.
+    fn root_dir(&self, spec: &RunSpec) -> Result<Option<PathBuf>, ServiceError> {
+        match &spec.root {
+            None => Ok(None),
+            Some(RootRef::Path(dir)) => Ok(Some(dir.clone())),
+            Some(RootRef::Named(name)) => {
+                let tenant = self.tenant_of(spec)?;
+                tenant
+                    .as_ref()
+                    .and_then(|tenant| tenant.settings.roots.get(name))
+                    .cloned()
+                    .map(Some)
+                    .ok_or_else(|| {
+                        ServiceError::Invalid(format!(
+                            "the run's root '{name}' is no longer configured for its tenant"
+                        ))
+                    })
+            }
+        }
+    }
+}
