@@ -25,6 +25,7 @@ pub async fn scheduler_only(
         events: Arc::new(NoEvents),
         schema_attempts: corral_host::agent_loop::MAX_SCHEMA_ATTEMPTS,
         pause: None,
+        commands: Default::default(),
     };
     let mut scheduler = AgentScheduler::new(context, cap, u64::MAX, Arc::new(NoEvents));
     let mut ids: Vec<u64> = (0..n)

@@ -150,6 +150,8 @@ pub struct Answer {
     pub json: Value,
     /// The body as text.
     pub text: String,
+    /// The `Content-Type` header (empty when absent).
+    pub content_type: String,
 }
 
 /// A blocking client over reqwest.
@@ -196,11 +198,18 @@ impl Api {
         self.runtime.block_on(async {
             let response = request.send().await.expect("the server answers");
             let status = response.status().as_u16();
+            let content_type = response
+                .headers()
+                .get("content-type")
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
             let text = response.text().await.expect("a body");
             Answer {
                 status,
                 json: serde_json::from_str(&text).unwrap_or(Value::Null),
                 text,
+                content_type,
             }
         })
     }

@@ -27,7 +27,7 @@ use crate::provider::{
     RetryPolicy, Role, Spent, StopReason, ToolSpec, Usage,
 };
 use crate::schema::OutputSchema;
-use crate::tools::{GrepOptions, ToolError, ToolRoot};
+use crate::tools::{GrepOptions, ToolError, ToolRoot, WriteSession, Written};
 
 mod shared_prefix;
 
@@ -35,8 +35,12 @@ pub use shared_prefix::{CacheTurn, MIN_SHARED_PREFIX_BYTES, SharedPrefixes, Writ
 
 /// Name of the tool a schema'd agent calls to hand in its answer (the providers name it too).
 pub use crate::provider::SUBMIT_TOOL;
-/// Tools an agent may be granted.
+/// Tools an agent gets when its call names none: the read-only ones.
 pub const AGENT_TOOLS: [&str; 4] = ["read", "glob", "grep", "git"];
+/// Tools an agent gets only when its call names them and the run grants them: `write` and
+/// `edit` stage into the run's changeset (`--allow-write`), `run` runs an allow-listed command in
+/// the jail (`--allow-run`).
+pub const AGENT_WRITE_TOOLS: [&str; 3] = ["write", "edit", "run"];
 /// How many answers a schema'd agent may hand in before the call fails with `schema-mismatch`,
 /// unless the run says otherwise (`--schema-attempts`).
 pub const MAX_SCHEMA_ATTEMPTS: u32 = 5;
@@ -81,6 +85,9 @@ pub struct AgentRequest {
     pub max_turns: u32,
     /// Wall-clock limit of the call.
     pub timeout: Option<Duration>,
+    /// Whether the call writes into an overlay of its own (`isolation: 'worktree'`) instead of
+    /// the run's changeset.
+    pub isolated: bool,
 }
 
 impl AgentRequest {
@@ -98,6 +105,7 @@ impl AgentRequest {
             output_floor: Some(MIN_OUTPUT_TOKENS),
             max_turns: DEFAULT_MAX_TURNS,
             timeout: None,
+            isolated: false,
         }
     }
 }
@@ -113,6 +121,8 @@ pub struct AgentOutput {
     pub usage: Usage,
     /// The model that answered.
     pub model: String,
+    /// What the call wrote into the run's changeset (journaled: a replayed call stages it again).
+    pub changes: Vec<Written>,
 }
 
 /// Why an agent call failed; mirrors the WIT `agent-error` variant.
@@ -175,6 +185,17 @@ pub struct AgentContext {
     pub schema_attempts: u32,
     /// Where a provider's usage limit pauses the run (`None`: the call fails `provider`).
     pub pause: Option<Arc<Pause>>,
+    /// The commands agents granted `run` may run, and their limits (`--allow-run`).
+    pub commands: Arc<Commands>,
+}
+
+/// The commands of a run (`--allow-run`) and the limits each one runs under.
+#[derive(Debug, Clone, Default)]
+pub struct Commands {
+    /// Command names, matched exactly.
+    pub allow: Vec<String>,
+    /// Limits of each command.
+    pub limits: crate::jail::CommandLimits,
 }
 
 /// A run's pause: the first agent whose provider says the account's usage or spend limit is
@@ -241,13 +262,13 @@ impl Spend {
 
 /// Checks a tool allow-list against what agents can be granted.
 pub fn check_tool_grant(tools: &[String]) -> Result<(), AgentError> {
-    match tools
-        .iter()
-        .find(|tool| !AGENT_TOOLS.contains(&tool.as_str()))
-    {
+    match tools.iter().find(|tool| {
+        !AGENT_TOOLS.contains(&tool.as_str()) && !AGENT_WRITE_TOOLS.contains(&tool.as_str())
+    }) {
         Some(unknown) => Err(AgentError::Denied(format!(
-            "unknown agent tool '{unknown}': agents may use {}",
-            AGENT_TOOLS.join(", ")
+            "unknown agent tool '{unknown}': agents may use {}, {}",
+            AGENT_TOOLS.join(", "),
+            AGENT_WRITE_TOOLS.join(", ")
         ))),
         None => Ok(()),
     }
@@ -280,8 +301,15 @@ pub async fn run_agent_recorded(
     prefixes: &Arc<SharedPrefixes>,
 ) -> (Result<AgentOutput, AgentError>, Conversation) {
     let mut transcript = Conversation::default();
-    let work = converse(context, request, prefixes, &mut transcript);
-    let outcome = match request.timeout {
+    let session = Arc::new(
+        context
+            .tools
+            .as_ref()
+            .map(ToolRoot::session)
+            .unwrap_or_default(),
+    );
+    let work = converse(context, request, prefixes, &mut transcript, &session);
+    let mut outcome = match request.timeout {
         Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
             Err(AgentError::Timeout(format!(
                 "the agent did not finish within its time limit of {} ms (raise timeoutMs)",
@@ -290,6 +318,9 @@ pub async fn run_agent_recorded(
         }),
         None => work.await,
     };
+    if let Ok(output) = &mut outcome {
+        output.changes = session.written();
+    }
     (outcome, transcript)
 }
 
@@ -350,6 +381,7 @@ async fn converse(
     request: &AgentRequest,
     prefixes: &Arc<SharedPrefixes>,
     conversation: &mut Conversation,
+    session: &Arc<WriteSession>,
 ) -> Result<AgentOutput, AgentError> {
     let Conversation { messages, spend } = conversation;
     let attempts = context.schema_attempts.max(1);
@@ -436,6 +468,7 @@ async fn converse(
                     json: None,
                     usage: spend.usage,
                     model: answered_model,
+                    changes: Vec::new(),
                 });
             };
             // The model answered in prose: accept it if it is a valid instance, otherwise ask again.
@@ -464,6 +497,7 @@ async fn converse(
                 json: None,
                 usage: spend.usage,
                 model: answered_model,
+                changes: Vec::new(),
             });
         }
 
@@ -486,7 +520,8 @@ async fn converse(
                 }
                 continue;
             }
-            let (content, is_error) = match run_tool(context, request, &name, &input).await {
+            let (content, is_error) = match run_tool(context, request, session, &name, &input).await
+            {
                 Ok(output) => (output, false),
                 Err(error) => (error, true),
             };
@@ -522,6 +557,7 @@ fn schema_output(value: Value, usage: Usage, model: String) -> AgentOutput {
         json: Some(value),
         usage,
         model,
+        changes: Vec::new(),
     }
 }
 
@@ -721,12 +757,16 @@ fn system_prompt(request: &AgentRequest) -> String {
 }
 
 fn granted<'a>(request: &'a AgentRequest) -> impl Iterator<Item = &'static str> + 'a {
-    AGENT_TOOLS.into_iter().filter(move |tool| {
+    let named = move |tool: &&str| {
         request
             .tools
             .as_ref()
-            .is_none_or(|allowed| allowed.iter().any(|a| a == tool))
-    })
+            .is_some_and(|allowed| allowed.iter().any(|a| a == tool))
+    };
+    AGENT_TOOLS
+        .into_iter()
+        .filter(move |tool| request.tools.is_none() || named(tool))
+        .chain(AGENT_WRITE_TOOLS.into_iter().filter(named))
 }
 
 fn tool_specs(context: &AgentContext, request: &AgentRequest) -> Vec<ToolSpec> {
@@ -763,6 +803,25 @@ fn tool_spec(name: &str) -> ToolSpec {
                 "ignore_case": {"type": "boolean"}, "max_matches": {"type": "integer", "minimum": 1}
             }, "required": ["pattern"]}),
         ),
+        "write" => (
+            "Write a file of the repository (its whole new content). Changes are staged for review; \
+             if another writer changed the file after you started, read it again first.",
+            json!({"type": "object", "properties": {"path": {"type": "string"}, "content": {"type": "string"}}, "required": ["path", "content"]}),
+        ),
+        "edit" => (
+            "Replace the one occurrence of old_text in a file by new_text (old_text must occur exactly once).",
+            json!({"type": "object", "properties": {
+                "path": {"type": "string"}, "old_text": {"type": "string"}, "new_text": {"type": "string"}
+            }, "required": ["path", "old_text", "new_text"]}),
+        ),
+        "run" => (
+            "Run an allowed command (no shell) with arguments in a sandbox over the repository with \
+             the staged changes; returns its exit code, stdout and stderr.",
+            json!({"type": "object", "properties": {
+                "command": {"type": "string"}, "args": {"type": "array", "items": {"type": "string"}},
+                "timeout_ms": {"type": "integer", "minimum": 1}
+            }, "required": ["command"]}),
+        ),
         _ => (
             "Read-only git: command is log, show, diff or status.",
             json!({"type": "object", "properties": {
@@ -782,6 +841,7 @@ fn tool_spec(name: &str) -> ToolSpec {
 async fn run_tool(
     context: &AgentContext,
     request: &AgentRequest,
+    session: &Arc<WriteSession>,
     name: &str,
     input: &Value,
 ) -> Result<String, String> {
@@ -793,22 +853,101 @@ async fn run_tool(
             "this run has no root directory, so there are no files to use tools on".to_string(),
         );
     };
+    if name == "run" {
+        return run_command(context, root, input).await;
+    }
     let name = name.to_string();
     let input = input.clone();
+    let session = Arc::clone(session);
     tokio::task::spawn_blocking(move || {
-        call_tool(&root, &name, &input).map_err(|error| error.to_string())
+        call_tool(&root, &session, &name, &input).map_err(|error| error.to_string())
     })
     .await
     .map_err(|error| format!("tool failed: {error}"))?
 }
 
-fn call_tool(root: &ToolRoot, name: &str, input: &Value) -> Result<String, ToolError> {
+/// The agent's `run` tool: an allow-listed command in the jail over the root and the changeset.
+async fn run_command(
+    context: &AgentContext,
+    root: ToolRoot,
+    input: &Value,
+) -> Result<String, String> {
+    let Some(command) = input.get("command").and_then(Value::as_str) else {
+        return Err("missing string field 'command'".to_string());
+    };
+    if !context
+        .commands
+        .allow
+        .iter()
+        .any(|allowed| allowed == command)
+    {
+        return Err(format!(
+            "the command '{command}' is not allowed; this run allows: {}",
+            if context.commands.allow.is_empty() {
+                "none".to_string()
+            } else {
+                context.commands.allow.join(", ")
+            }
+        ));
+    }
+    let args = match input.get("args") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| item.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or("'args' must be an array of strings")?,
+        Some(_) => return Err("'args' must be an array of strings".to_string()),
+    };
+    let timeout = input
+        .get("timeout_ms")
+        .and_then(Value::as_u64)
+        .map(Duration::from_millis);
+    let view = tokio::task::spawn_blocking(move || root.command_view())
+        .await
+        .map_err(|error| format!("tool failed: {error}"))?
+        .map_err(|error| error.to_string())?;
+    let request = crate::jail::CommandRequest {
+        program: command.to_string(),
+        args,
+        timeout,
+    };
+    let output = crate::jail::run(
+        &view,
+        &request,
+        &context.commands.limits,
+        std::future::pending(),
+    )
+    .await
+    .map_err(|error| error.to_string())?;
+    Ok(format!(
+        "exit code {}\n--- stdout\n{}\n--- stderr\n{}",
+        output.code, output.stdout, output.stderr
+    ))
+}
+
+fn call_tool(
+    root: &ToolRoot,
+    session: &WriteSession,
+    name: &str,
+    input: &Value,
+) -> Result<String, ToolError> {
     let text = |key: &str| input.get(key).and_then(Value::as_str);
     let required = |key: &str| {
         text(key).ok_or_else(|| ToolError::InvalidInput(format!("missing string field '{key}'")))
     };
     match name {
-        "read" => root.read(required("path")?),
+        "read" => root.read_in(session, required("path")?),
+        "write" => {
+            let path = required("path")?;
+            root.write_in(session, path, required("content")?)?;
+            Ok(format!("staged the new content of {path}"))
+        }
+        "edit" => {
+            let path = required("path")?;
+            root.edit_in(session, path, required("old_text")?, required("new_text")?)?;
+            Ok(format!("staged the edit of {path}"))
+        }
         "glob" => Ok(root.glob(required("pattern")?)?.join("\n")),
         "grep" => {
             let options = GrepOptions {

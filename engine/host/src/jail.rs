@@ -16,17 +16,33 @@
 //! of its own. The environment is cleared but for `PATH`, `HOME`, `TMPDIR`, `LANG` (and `PWD`),
 //! and no descriptor of the engine but stdout and stderr reaches the command.
 //!
-//! Time and output are watched here: past either limit the whole jail is killed and the call
-//! fails with [`JailError::Limit`]. Memory, processes and scratch bytes are enforced by the
-//! kernel (rlimits and the tmpfs size): the command sees `ENOMEM`, `EAGAIN`, `ENOSPC` or `EFBIG`
-//! and fails on its own.
+//! Time, output and the jail's total memory are watched here: past any of them the whole jail is
+//! killed and the call fails with [`JailError::Limit`]. Processes, scratch bytes and each
+//! process's address space are enforced by the kernel (rlimits and the tmpfs size): the command
+//! sees `EAGAIN`, `ENOSPC`, `EFBIG` or `ENOMEM` and fails on its own.
+//!
+//! Memory has two fences, both at `--max-command-memory`. `RLIMIT_AS` is per process: one huge
+//! allocation fails at once, but many processes could each fill nearly the limit. So the resident
+//! memory of the whole jail (every process in bwrap's process tree, bwrap included, summed from
+//! `/proc/PID/statm`) is sampled every 20 ms (`MEMORY_SAMPLE_EVERY`), and past the limit the
+//! jail is killed. It is a sample: a burst between two samples overshoots by what the jail's
+//! processes can touch in one interval plus the moment the kill takes (measured: up to 40 MiB on
+//! a 2-core VM touching 1.5 GiB/s; proportionally more where memory is faster). Pages shared
+//! between its processes (their libraries, say) count once per process, so otherwise the bound
+//! errs on the safe side. Memory the jail holds without mapping it is not counted: the files of
+//! its scratch `/tmp` (bounded by `--max-command-scratch`), memfds kept unmapped (each bounded by
+//! `RLIMIT_FSIZE`, as many as its descriptors) and System V segments kept detached (bounded by
+//! the jail's own IPC namespace's defaults only). All of it is freed with the jail.
 //!
 //! Why uid 65534 when the engine is root: the kernel never applies `RLIMIT_NPROC` to root, and a
 //! jail built by root keeps root's authority over the host's files. So when root, the child drops
 //! to `nobody` before it executes bwrap, which then builds the jail in a user namespace as it does
 //! for any unprivileged user. `RLIMIT_NPROC` counts every task of that uid on the host, so the
 //! limit set is the uid's current count plus the command's allowance: jails running at once share
-//! the headroom.
+//! the headroom. The count is taken once, at the start: when other tasks of the uid exit later
+//! (another jail ends), their share becomes headroom this jail may take, so a jail can end up
+//! with more than `--max-command-processes` tasks. The uid as a whole never exceeds the limit set,
+//! and the total memory bound holds however many processes there are.
 //!
 //! Nothing of the jail outlives [`run`]: its processes live in a pid namespace whose init dies
 //! with bwrap (`--die-with-parent`), taking them all along, and bwrap's process group is killed on
@@ -65,6 +81,11 @@ const HOST_ETC: [&str; 4] = [
 ];
 /// How long a killed jail's processes may take to go (they hold its pipes until they are gone).
 const DRAIN_TIME: Duration = Duration::from_secs(5);
+/// How often the jail's total resident memory is sampled.
+const MEMORY_SAMPLE_EVERY: Duration = Duration::from_millis(20);
+/// Processes a memory sample looks at, at most: a bound on one walk of `/proc` should pids be
+/// reused under it (a jail has `--max-command-processes`, plus what other tasks leave free).
+const MAX_SAMPLED: usize = 1 << 14;
 
 /// Limits of one jailed command; each has a CLI flag of the same name (kebab-case with --).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -74,9 +95,15 @@ pub struct CommandLimits {
     /// it).
     #[serde(rename = "max_command_time_ms", with = "crate::limits::millis")]
     pub max_command_time: Duration,
-    /// `--max-command-memory`: address space of each process in the jail (`RLIMIT_AS`), bytes.
+    /// `--max-command-memory`: memory of the jail, bytes. Each process's address space is capped
+    /// at it (`RLIMIT_AS`), so one huge allocation fails at once; and the resident memory of all
+    /// the jail's processes together is sampled every 20 ms: past it the jail is killed. A burst
+    /// between two samples can overshoot by what the jail can touch in one interval (the module
+    /// doc has measurements, and what is not counted).
     pub max_command_memory: u64,
-    /// `--max-command-processes`: processes and threads the command may add, itself included.
+    /// `--max-command-processes`: processes and threads the command may add, itself included
+    /// (`RLIMIT_NPROC`, counted for the jail's uid when it starts; tasks of the uid exiting later
+    /// leave this jail more).
     pub max_command_processes: u64,
     /// `--max-command-output`: bytes of stdout and stderr together; past it the command is killed.
     pub max_command_output: usize,
@@ -128,7 +155,8 @@ pub enum JailError {
     /// The program is not installed inside the jail.
     #[error("{0}")]
     NotFound(String),
-    /// The command hit the time or output limit, or the run ended: the whole jail was killed.
+    /// The command hit the time, output or total memory limit, or the run ended: the whole jail
+    /// was killed.
     #[error("{0}")]
     Limit(String),
     /// The request is malformed: an empty program, a path, a NUL byte.
@@ -153,11 +181,10 @@ pub async fn run(
     check(request)?;
     let program = &request.program;
     let (time, over_time) = deadline(request, limits);
-    let cap = limits.max_command_output;
     let finished = Jail::spawn(view, request, limits)?
-        .finish(cap, time, stop)
+        .finish(limits, time, stop)
         .await;
-    let (status, out, err) = finished.map_err(|stop| stop.error(program, &over_time, cap))?;
+    let (status, out, err) = finished.map_err(|stop| stop.error(program, &over_time, limits))?;
     let code = (status.code())
         .or_else(|| status.signal().map(|signal| 128 + signal))
         .unwrap_or(-1);
@@ -192,6 +219,16 @@ fn check(request: &CommandRequest) -> Result<(), JailError> {
             "'{program}' is not a command name: give a command name found on PATH \
              ({JAIL_PATH}), such as `node` or `python3`"
         )));
+    }
+    if request
+        .timeout
+        .is_some_and(|timeout| timeout < Duration::from_millis(1))
+    {
+        return Err(JailError::InvalidInput(
+            "timeoutMs must be at least 1: give the milliseconds the command may run, or leave \
+             timeoutMs out to allow --max-command-time"
+                .into(),
+        ));
     }
     Ok(())
 }
@@ -292,11 +329,14 @@ impl Jail {
     /// the jail is killed.
     async fn finish(
         mut self,
-        cap: usize,
+        limits: &CommandLimits,
         time: Duration,
         stop: impl Future<Output = ()>,
     ) -> Result<(ExitStatus, Vec<u8>, Vec<u8>), Stop> {
+        let cap = limits.max_command_output;
         let total = AtomicUsize::new(0);
+        // Taken before `wait` below reaps bwrap: until then its pid cannot be reused.
+        let bwrap = self.child.id();
         let finished = async {
             let (out, err) = tokio::try_join!(
                 read_capped(&mut self.stdout, &total, cap),
@@ -307,6 +347,7 @@ impl Jail {
         let end = tokio::select! {
             finished = finished => finished,
             () = tokio::time::sleep(time) => Err(Stop::Time),
+            used = over_memory(bwrap, limits.max_command_memory) => Err(Stop::Memory(used)),
             () = stop => Err(Stop::RunEnded),
         };
         if end.is_err() {
@@ -363,6 +404,124 @@ fn generated_etc(uid: u32, gid: u32) -> io::Result<Vec<(&'static str, io::PipeRe
         Ok((dest, reader))
     };
     files.into_iter().map(pipe).collect()
+}
+
+/// Resolves, with the bytes seen, once the jail rooted at `bwrap` holds more than `limit` bytes
+/// resident; it samples every [`MEMORY_SAMPLE_EVERY`].
+async fn over_memory(bwrap: Option<u32>, limit: u64) -> u64 {
+    let Some(bwrap) = bwrap else {
+        return std::future::pending().await;
+    };
+    let page = page_size();
+    let mut every = tokio::time::interval(MEMORY_SAMPLE_EVERY);
+    // A late sample is taken once, not caught up on.
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let pids = if children_listed() {
+            // At most a few reads per task of the jail: quick enough for the runtime's thread.
+            jail_pids(bwrap)
+        } else {
+            // A read of every process on the host: not on the runtime's thread.
+            let scan = tokio::task::spawn_blocking(move || jail_pids_by_scan(bwrap));
+            scan.await.unwrap_or_default()
+        };
+        let used = resident(&pids, page);
+        if used > limit {
+            return used;
+        }
+    }
+}
+
+/// Bytes of a memory page.
+#[allow(unsafe_code)] // Reading a system constant.
+fn page_size() -> u64 {
+    // SAFETY: `sysconf` only reads a constant of the system.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(page)
+        .ok()
+        .filter(|&page| page > 0)
+        .unwrap_or(4096)
+}
+
+/// Whether the kernel lists each task's children (`/proc/PID/task/TID/children`, Linux 4.2 and
+/// later with `CONFIG_PROC_CHILDREN`).
+fn children_listed() -> bool {
+    static LISTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LISTED.get_or_init(|| Path::new("/proc/thread-self/children").exists())
+}
+
+/// The processes of the tree rooted at `root`, `root` first, found through the children lists of
+/// each of their tasks (a thread's children are listed under that thread).
+///
+/// Processes come and go during the walk: one that exits drops out, one started meanwhile may be
+/// missed until the next sample. A pid that exits and is reused between being listed and being
+/// read would count a stranger (pids are not reused that fast in practice; it errs towards
+/// killing).
+fn jail_pids(root: u32) -> Vec<u32> {
+    let mut pids = vec![root];
+    let mut seen = std::collections::HashSet::from([root]);
+    let mut next = 0;
+    while let Some(&pid) = pids.get(next) {
+        next += 1;
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
+                continue;
+            };
+            let children = children.split_whitespace().filter_map(|c| c.parse().ok());
+            pids.extend(children.filter(|&child| seen.insert(child)));
+        }
+        if pids.len() >= MAX_SAMPLED {
+            break;
+        }
+    }
+    pids
+}
+
+/// The processes of the tree rooted at `root`, `root` first, from every process's parent
+/// (`/proc/*/stat`): for kernels without children lists. It reads all of `/proc`: blocking.
+fn jail_pids_by_scan(root: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![root];
+    };
+    let parent = |entry: std::fs::DirEntry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+        // `pid (comm) state ppid …`, where comm may hold anything, `)` included.
+        let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+        Some((ppid.parse::<u32>().ok()?, pid))
+    };
+    let mut children: Vec<(u32, u32)> = entries.flatten().filter_map(parent).collect();
+    children.sort_unstable();
+    let mut pids = vec![root];
+    let mut next = 0;
+    while let Some(&pid) = pids.get(next) {
+        next += 1;
+        let start = children.partition_point(|&(ppid, _)| ppid < pid);
+        let of_pid = children[start..]
+            .iter()
+            .take_while(|&&(ppid, _)| ppid == pid);
+        pids.extend(of_pid.map(|&(_, child)| child));
+        if pids.len() >= MAX_SAMPLED {
+            break;
+        }
+    }
+    pids
+}
+
+/// Resident bytes of `pids` together (`/proc/PID/statm`'s second field, in pages); a process
+/// gone meanwhile counts 0.
+fn resident(pids: &[u32], page: u64) -> u64 {
+    let of = |pid: &u32| {
+        let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+        statm.split_whitespace().nth(1)?.parse::<u64>().ok()
+    };
+    pids.iter().filter_map(of).fold(0, |sum, pages| {
+        sum.saturating_add(pages.saturating_mul(page))
+    })
 }
 
 /// bwrap's arguments up to the command (the module doc describes the layout); `etc` holds the
@@ -512,21 +671,31 @@ impl ChildSetup {
 enum Stop {
     Output,
     Time,
+    /// The jail's total resident bytes, as sampled.
+    Memory(u64),
     RunEnded,
     Io(io::Error),
 }
 
 impl Stop {
     /// What the caller is told; `over_time` is the message for running out of time.
-    fn error(self, program: &str, over_time: &str, cap: usize) -> JailError {
+    fn error(self, program: &str, over_time: &str, limits: &CommandLimits) -> JailError {
         match self {
             Stop::Output => JailError::Limit(format!(
                 "command '{program}' wrote more than --max-command-output ({}) to stdout and \
                  stderr together and was killed: raise --max-command-output, or make the command \
                  quieter (fewer tests at once, less verbose output)",
-                format_size(cap)
+                format_size(limits.max_command_output)
             )),
             Stop::Time => JailError::Limit(over_time.to_owned()),
+            Stop::Memory(used) => JailError::Limit(format!(
+                "command '{program}' and its processes together held more than \
+                 --max-command-memory ({}) of memory ({} MiB resident when sampled) and were \
+                 killed: raise --max-command-memory, or run less at once (fewer parallel jobs or \
+                 workers)",
+                format_size(usize::try_from(limits.max_command_memory).unwrap_or(usize::MAX)),
+                used >> 20
+            )),
             Stop::RunEnded => JailError::Limit(format!(
                 "the run ended while command '{program}' was running: it was killed"
             )),
@@ -635,13 +804,28 @@ mod tests {
         }
     }
 
+    /// Held by each test while its jails run: shared, or alone by the tests that need all of
+    /// their `--max-command-processes`, since jails share the uid's `RLIMIT_NPROC` headroom (see
+    /// the module doc). Never taken twice by one test: a waiting writer would block the second.
+    static JAILS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
     /// Runs `call` over `view`, with the run never ending.
     async fn jailed_in(
         view: &Path,
         call: CommandRequest,
         limits: &CommandLimits,
     ) -> Result<CommandOutput, JailError> {
+        let _shared = JAILS.read().await;
         run(view, &call, limits, std::future::pending()).await
+    }
+
+    /// Runs `call` over an empty view with no other test's jail running.
+    async fn alone(
+        call: CommandRequest,
+        limits: &CommandLimits,
+    ) -> Result<CommandOutput, JailError> {
+        let _alone = JAILS.write().await;
+        run(view(&[]).path(), &call, limits, std::future::pending()).await
     }
 
     /// Runs `call` over an empty view, with the run never ending.
@@ -649,7 +833,7 @@ mod tests {
         call: CommandRequest,
         limits: &CommandLimits,
     ) -> Result<CommandOutput, JailError> {
-        run(view(&[]).path(), &call, limits, std::future::pending()).await
+        jailed_in(view(&[]).path(), call, limits).await
     }
 
     async fn sh(script: &str, limits: &CommandLimits) -> Result<CommandOutput, JailError> {
@@ -731,7 +915,7 @@ mod tests {
         let bomb =
             r#"i=0; while [ $i -lt 1000 ]; do sleep 300 & i=$((i+1)); echo $i > /tmp/n; done"#;
         let count = r#"sh -c "$1"; read -r n < /tmp/n; echo "$n""#;
-        let out = jailed(call("sh", &["-c", count, "sh", bomb]), &limits)
+        let out = alone(call("sh", &["-c", count, "sh", bomb]), &limits)
             .await
             .unwrap();
         let started: u64 = out.stdout.trim().parse().unwrap_or(0);
@@ -850,22 +1034,101 @@ mod tests {
 
     #[tokio::test]
     async fn memory_is_limited_per_process() {
-        let script = r#"x=$(head -c 100000000 /dev/zero | tr '\0' a); echo ${#x}"#;
+        // One allocation past RLIMIT_AS fails at once, before any of it is resident (so before
+        // the total bound could see it).
+        let script = "dd if=/dev/zero of=/dev/null bs=100000000 count=1 status=none && echo done";
         let small = CommandLimits {
             max_command_memory: 64 << 20,
             ..limits()
         };
         let out = sh(script, &small).await.unwrap();
-        assert_ne!(out.code, 0, "{out:?}");
+        assert!(
+            out.code != 0 && out.stderr.contains("memory exhausted"),
+            "{out:?}"
+        );
         let large = CommandLimits {
             max_command_memory: 1 << 30,
             ..small
         };
-        assert_eq!(sh(script, &large).await.unwrap().stdout, "100000000\n");
+        assert_eq!(sh(script, &large).await.unwrap().stdout, "done\n");
+    }
+
+    /// A script starting `n` processes (`dd`) that each fill a buffer of `bytes`, every page
+    /// written so all of it is resident, then block writing it to one `sleep secs` that never
+    /// reads; after the sleep it prints `held`. `n` + 3 processes in all.
+    fn holders(n: u32, bytes: u64, secs: u32) -> String {
+        format!(
+            "{{ i=0; while [ $i -lt {n} ]; do i=$((i+1)); \
+             dd if=/dev/zero bs={bytes} count=1 status=none & done; wait; }} | sleep {secs}; \
+             echo held"
+        )
+    }
+
+    fn total_memory_limits() -> CommandLimits {
+        CommandLimits {
+            max_command_memory: 256 << 20,
+            max_command_processes: 16,
+            ..limits()
+        }
     }
 
     #[tokio::test]
-    async fn bad_programs_are_refused() {
+    async fn memory_is_bounded_in_total_over_all_processes() {
+        // Each holder has 68 MiB of address space, under RLIMIT_AS; 8 of them hold 512 MiB.
+        let script = holders(8, 64 << 20, 30);
+        let started = std::time::Instant::now();
+        let result = alone(call("sh", &["-c", &script]), &total_memory_limits()).await;
+        let took = started.elapsed();
+        assert_limit(result, "more than --max-command-memory (256MiB) of memory");
+        assert!(took < Duration::from_secs(10), "killed only after {took:?}");
+        let shell = format!("sh\0-c\0{script}\0");
+        let dd = "dd\0if=/dev/zero\0bs=67108864\0count=1\0status=none\0";
+        for cmdline in [&*shell, dd] {
+            assert!(!running(cmdline.as_bytes()), "{cmdline:?} survived");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_jail_under_its_total_memory_is_not_killed() {
+        // 192 MiB held together for a second (50 samples), and a few MiB more of the processes'
+        // own.
+        let script = holders(3, 64 << 20, 1);
+        let out = alone(call("sh", &["-c", &script]), &total_memory_limits()).await;
+        assert_eq!(out.unwrap().stdout, "held\n");
+    }
+
+    #[test]
+    fn jail_processes_are_found_with_and_without_children_lists() {
+        let mut tree = std::process::Command::new("sh")
+            .args(["-c", "sleep 3 & (sleep 3 & wait) & wait"])
+            .spawn()
+            .unwrap();
+        let root = tree.id();
+        // sh, the first sleep, the subshell and its sleep.
+        let mut found = Vec::new();
+        for _ in 0..100 {
+            found = jail_pids(root);
+            if found.len() == 4 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut scanned = jail_pids_by_scan(root);
+        let _ = tree.kill();
+        let _ = tree.wait();
+        assert_eq!(
+            (found.len(), found[0], scanned[0]),
+            (4, root, root),
+            "{found:?}"
+        );
+        found.sort_unstable();
+        scanned.sort_unstable();
+        assert_eq!(found, scanned);
+        assert!(resident(&found, page_size()) > 4 * 4096);
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_refused() {
         let result = jailed(call("corral-no-such-command", &[]), &limits()).await;
         assert!(
             matches!(&result, Err(JailError::NotFound(m)) if m.contains("not installed")),
@@ -878,6 +1141,15 @@ mod tests {
                 "{program:?}: {result:?}"
             );
         }
+        let at_once = CommandRequest {
+            timeout: Some(Duration::ZERO),
+            ..call("true", &[])
+        };
+        let result = jailed(at_once, &limits()).await;
+        assert!(
+            matches!(&result, Err(JailError::InvalidInput(m)) if m.contains("timeoutMs must be at least 1")),
+            "{result:?}"
+        );
     }
 
     #[tokio::test]
@@ -894,6 +1166,7 @@ mod tests {
             max_command_time: Duration::from_secs(600),
             ..limits()
         };
+        let _shared = JAILS.read().await;
         let stop = tokio::time::sleep(Duration::from_millis(200));
         let result = run(view(&[]).path(), &call("sleep", &["3219"]), &limits, stop).await;
         assert_limit(result, "the run ended");
@@ -907,7 +1180,9 @@ mod tests {
     async fn dropping_the_call_kills_the_command() {
         let view = view(&[]);
         let limits = limits();
-        let sleep = jailed_in(view.path(), call("sleep", &["3220"]), &limits);
+        let _shared = JAILS.read().await;
+        let (sleep, never) = (call("sleep", &["3220"]), std::future::pending());
+        let sleep = run(view.path(), &sleep, &limits, never);
         let started = tokio::time::timeout(Duration::from_millis(500), sleep).await;
         assert!(started.is_err(), "the sleep ended on its own: {started:?}");
         // Nothing waits for the jail's processes here: give them (boundedly) the moment to go.

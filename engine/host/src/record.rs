@@ -83,14 +83,19 @@ pub fn describe_call(request: &AgentRequest, model: &str) -> (String, String) {
 }
 
 fn request_options(request: &AgentRequest) -> Value {
-    serde_json::json!({
+    let mut options = serde_json::json!({
         "schema": request.schema.as_ref().map(|s| s.source().clone()),
         "tools": request.tools,
         "effort": request.effort.map(|e| format!("{e:?}")),
         "max_tokens": request.max_tokens,
         "max_turns": request.max_turns,
         "timeout_ms": request.timeout.map(|t| t.as_millis() as u64),
-    })
+    });
+    // Only when set, so that the keys of calls recorded before isolation existed stay the same.
+    if request.isolated {
+        options["isolation"] = Value::from("worktree");
+    }
+    options
 }
 
 /// Milliseconds since the Unix epoch.

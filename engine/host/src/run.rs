@@ -154,6 +154,10 @@ impl Runtime {
             events: Arc::clone(&options.events),
             schema_attempts: limits.schema_attempts,
             pause: Some(Arc::clone(&pause)),
+            commands: Arc::new(crate::agent_loop::Commands {
+                allow: limits.allow_run.clone(),
+                limits: limits.commands.clone(),
+            }),
         };
         let events = options.events;
         let mut scheduler = AgentScheduler::new(
@@ -193,6 +197,7 @@ impl Runtime {
             cpu: CpuMeter::new(),
             schemas: std::collections::HashMap::new(),
             prompt_bytes: 0,
+            isolated: Default::default(),
             http: crate::host::wasi::http_ctx(),
             http_hooks: crate::host::wasi::DenyHttp,
         };
@@ -244,6 +249,15 @@ impl Runtime {
             root.end();
         }
         let state = store.data_mut();
+        let waiting = state.isolated.waiting();
+        if waiting > 0 {
+            state.events.event(&crate::events::RunEvent::Log {
+                message: format!(
+                    "corral: the changes of {waiting} isolated agent call(s) were neither kept nor \
+                     dropped by the script, so they are not in the run's changeset"
+                ),
+            });
+        }
         state.scheduler.shutdown();
         let agents = state.scheduler.stats();
         RunReport {

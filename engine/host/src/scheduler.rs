@@ -73,6 +73,9 @@ pub struct AgentScheduler {
     journal: Option<CallJournal>,
     /// Slots shared with other runs, if any.
     gate: Option<Arc<dyn SlotGate>>,
+    /// Isolated calls not yet collected: the changeset generation each one's overlay started
+    /// from (what keeping its changes is checked against).
+    isolated: HashMap<u64, u64>,
 }
 
 /// A slot held in a pool shared with other runs; released when dropped.
@@ -137,6 +140,7 @@ impl AgentScheduler {
             stopped,
             stop_sender,
             finished: HashMap::new(),
+            isolated: HashMap::new(),
             sender,
             receiver,
             stats: Arc::new(Mutex::new(AgentStats::default())),
@@ -184,6 +188,11 @@ impl AgentScheduler {
         Ok(())
     }
 
+    /// For an isolated call, the changeset generation its overlay started from; once.
+    pub fn take_isolation(&mut self, id: u64) -> Option<u64> {
+        self.isolated.remove(&id)
+    }
+
     /// Accepts a call and queues it; fails at once past the agent cap.
     pub fn start(&mut self, request: AgentRequest) -> Result<u64, AgentError> {
         self.check_room()?;
@@ -215,8 +224,23 @@ impl AgentScheduler {
         });
         let journal = match journal {
             Some((_, Some(output))) => {
-                // Answered from the journal: nothing is sent and nothing is paid again.
-                let outcome: AgentOutcome = Ok(output);
+                // Answered from the journal: nothing is sent and nothing is paid again, and what
+                // the call wrote is staged again.
+                // An isolated call's changes wait for the script to keep them, as they did.
+                let restaged = match &self.context.tools {
+                    Some(root) if request.isolated => {
+                        self.isolated.insert(id, root.generation());
+                        Ok(())
+                    }
+                    Some(root) if !output.changes.is_empty() => root.restage(&output.changes),
+                    _ => Ok(()),
+                };
+                let outcome: AgentOutcome = match restaged {
+                    Ok(()) => Ok(output),
+                    Err(error) => Err(AgentError::Denied(format!(
+                        "the recorded answer's changes cannot be staged again: {error}"
+                    ))),
+                };
                 {
                     let mut stats = self.lock_stats();
                     stats.succeeded += 1;
@@ -244,7 +268,15 @@ impl AgentScheduler {
         self.prefixes.register_request(&self.context, &request);
         let phase = request.phase.clone();
         let prefixes = Arc::clone(&self.prefixes);
-        let context = self.context.clone();
+        let mut context = self.context.clone();
+        if request.isolated
+            && let Some(root) = &self.context.tools
+        {
+            // Its own overlay, starting from the run's changeset as it is now.
+            let (overlay, since) = root.isolated();
+            context.tools = Some(overlay);
+            self.isolated.insert(id, since);
+        }
         let slots = Arc::clone(&self.slots);
         let sender = self.sender.clone();
         let stats = Arc::clone(&self.stats);

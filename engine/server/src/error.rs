@@ -3,6 +3,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use corral_host::tools::ApplyError;
 use corral_service::{ErrorKind, ServiceError};
 use serde_json::json;
 
@@ -103,6 +104,44 @@ impl From<ServiceError> for ApiError {
                     .hint(
                         "fix the script at the line and column named; `corral check` says the same",
                     );
+            }
+            ServiceError::Commands(refused) => {
+                let mut answer = ApiError::bad_request("command_not_allowed", message).hint(
+                    "leave the commands out of limits.allow_run, or ask the operator to add them \
+                     to the tenant's `commands`",
+                );
+                answer.extra = Some(json!({ "commands": refused.refused }));
+                return answer;
+            }
+            ServiceError::Apply(ApplyError::Conflicts(paths)) => {
+                // Worded for the API (the service's message names the CLI's flags).
+                let mut answer = ApiError::new(
+                    StatusCode::CONFLICT,
+                    "changes_conflict",
+                    format!(
+                        "the root changed since the run staged {} (nothing was applied): {}",
+                        if paths.len() == 1 {
+                            "this file"
+                        } else {
+                            "these files"
+                        },
+                        paths.join(", ")
+                    ),
+                )
+                .hint(
+                    "apply only the other paths ({\"paths\": [...]}), or run the workflow again \
+                     on the root as it is now",
+                );
+                answer.extra = Some(json!({ "conflicts": paths }));
+                return answer;
+            }
+            ServiceError::Apply(ApplyError::NotStaged(_)) => {
+                return ApiError::bad_request("not_staged", message)
+                    .hint("name paths that GET /v1/runs/{id}/diff shows, or none for all");
+            }
+            ServiceError::Apply(ApplyError::Io(_)) => {
+                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "apply_failed", message)
+                    .hint("the server could not write the tenant's root; tell the operator");
             }
             ServiceError::Load(_) => {
                 return ApiError::new(

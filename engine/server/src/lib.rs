@@ -56,6 +56,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/runs/{id}/agents/{n}"),
     ("GET", "/v1/runs/{id}/result"),
     ("GET", "/v1/runs/{id}/events"),
+    ("GET", "/v1/runs/{id}/diff"),
+    ("POST", "/v1/runs/{id}/apply"),
     ("POST", "/v1/runs/{id}/stop"),
     ("POST", "/v1/runs/{id}/agents/{n}/stop"),
     ("POST", "/v1/runs/{id}/resume"),
@@ -90,6 +92,10 @@ pub struct AppState {
     options: Arc<ServerOptions>,
     metrics: Arc<Metrics>,
     draining: Arc<AtomicBool>,
+    /// Held while a run's changes are applied: an apply checks every file's base, then writes,
+    /// so two applies racing over one file would each pass the check and the second overwrite
+    /// the first without a conflict.
+    applying: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The API's routes over `service`.
@@ -100,6 +106,7 @@ pub fn router(service: RunService, options: ServerOptions) -> (Router, Arc<Atomi
         options: Arc::new(options.clone()),
         metrics: Arc::new(Metrics::default()),
         draining: Arc::clone(&draining),
+        applying: Arc::default(),
     };
     let router = Router::new()
         .merge(dashboard::routes())
@@ -116,6 +123,8 @@ pub fn router(service: RunService, options: ServerOptions) -> (Router, Arc<Atomi
         .route("/v1/runs/{id}/agents/{n}", get(get_agent))
         .route("/v1/runs/{id}/result", get(get_result))
         .route("/v1/runs/{id}/events", get(run_events))
+        .route("/v1/runs/{id}/diff", get(get_diff))
+        .route("/v1/runs/{id}/apply", post(apply_changes))
         .route("/v1/runs/{id}/stop", post(stop_run))
         .route("/v1/runs/{id}/agents/{n}/stop", post(stop_agent))
         .route("/v1/runs/{id}/resume", post(resume_run))
@@ -201,7 +210,7 @@ impl Auth {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "read_only",
-                "this token is read-only: it cannot upload, submit, stop or resume",
+                "this token is read-only: it cannot upload, submit, stop, resume or apply",
             )
             .hint("use a token created without --read-only"));
         }
@@ -518,6 +527,12 @@ async fn submit_run(
         )
         .hint("leave these limits out to get the server's values, or lower them"));
     }
+    // `allow_write` only stages: the root changes when a writer applies the run. Commands run
+    // only when the operator allowed them for the tenant.
+    auth.0
+        .tenant
+        .check_commands(&limits.allow_run)
+        .map_err(corral_service::ServiceError::from)?;
     let tenancy = service.tenancy()?;
     let (max_agents, budget) = tenancy
         .fit_run(&auth.0.tenant, explicit_agents, request.budget_tokens)
@@ -654,18 +669,8 @@ async fn get_result(
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let detail = state.service.show(Some(auth.tenant()), &id)?;
+    let detail = finished(&state.service, auth.tenant(), &id, "no result")?;
     let status = detail.summary.status;
-    if !status.is_final() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_finished",
-            format!("run {id} is {status}: it has no result yet"),
-        )
-        .hint(format!(
-            "follow GET /v1/runs/{id}/events until run_finished"
-        )));
-    }
     let result = detail
         .result
         .as_deref()
@@ -674,6 +679,75 @@ async fn get_result(
         Json(json!({"id": id, "status": status, "result": result, "error": detail.error}))
             .into_response(),
     )
+}
+
+/// Run `id` of `tenant`, refused (409) while it is queued or running: it has no `lacks` yet.
+fn finished(
+    service: &RunService,
+    tenant: &str,
+    id: &str,
+    lacks: &str,
+) -> Result<corral_store::RunDetail, ApiError> {
+    let detail = service.show(Some(tenant), id)?;
+    let status = detail.summary.status;
+    if !status.is_final() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_finished",
+            format!("run {id} is {status}: it has {lacks} yet"),
+        )
+        .hint(format!(
+            "follow GET /v1/runs/{id}/events until run_finished"
+        )));
+    }
+    Ok(detail)
+}
+
+/// `GET /v1/runs/{id}/diff`: a unified diff of what the run staged against its root as the root
+/// is now (empty when every change is in the root already, or it staged none).
+async fn get_diff(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    // A run's changeset is recorded when it ends.
+    finished(&state.service, auth.tenant(), &id, "no recorded changes")?;
+    let diff = state.service.diff(Some(auth.tenant()), &id)?;
+    Ok(([(header::CONTENT_TYPE, "text/x-diff; charset=utf-8")], diff).into_response())
+}
+
+/// `POST /v1/runs/{id}/apply`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ApplyRequest {
+    /// Only these staged paths; all of them when empty or absent.
+    #[serde(default)]
+    paths: Vec<String>,
+}
+
+/// `POST /v1/runs/{id}/apply`: writes what the run staged (or the paths named) into its root,
+/// all or nothing: a file the root changed since the run staged it refuses the whole apply.
+async fn apply_changes(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    raw: Body,
+) -> Result<Json<corral_host::tools::Applied>, ApiError> {
+    let tenant = auth.writer()?.to_string();
+    let bytes = body(raw, state.options.max_body_bytes).await?;
+    let request: ApplyRequest = if bytes.is_empty() {
+        ApplyRequest::default()
+    } else {
+        json_body(&headers, &bytes)?
+    };
+    finished(&state.service, &tenant, &id, "no recorded changes")?;
+    let _applying = state.applying.lock().await;
+    Ok(Json(state.service.apply(
+        Some(&tenant),
+        &id,
+        &request.paths,
+    )?))
 }
 
 #[derive(Deserialize)]

@@ -104,6 +104,9 @@ pub enum ServiceError {
     /// A tenant quota is used up.
     #[error("{0}")]
     Quota(crate::tenancy::QuotaExceeded),
+    /// A run asks for commands its tenant may not run.
+    #[error(transparent)]
+    Commands(#[from] crate::tenancy::CommandsRefused),
     /// A run's changes cannot be applied (the root changed, an unknown path, a failed write).
     #[error("{0}")]
     Apply(#[from] corral_host::tools::ApplyError),
@@ -127,7 +130,8 @@ impl ServiceError {
             | ServiceError::Load(_)
             | ServiceError::Config(_)
             | ServiceError::Provider { .. }
-            | ServiceError::NotResumable(_) => ErrorKind::Invalid,
+            | ServiceError::NotResumable(_)
+            | ServiceError::Commands(_) => ErrorKind::Invalid,
             ServiceError::Store(StoreError::AmbiguousRun(_)) => ErrorKind::Invalid,
             ServiceError::OverBudget { .. } => ErrorKind::OverBudget,
             ServiceError::UnknownWorkflow(_) | ServiceError::UnknownRun(_) => ErrorKind::NotFound,
@@ -135,9 +139,10 @@ impl ServiceError {
             | ServiceError::NotRunning { .. }
             | ServiceError::Interrupted { .. } => ErrorKind::Conflict,
             ServiceError::Quota(_) => ErrorKind::Quota,
-            ServiceError::Apply(corral_host::tools::ApplyError::Conflicts(_)) => {
-                ErrorKind::Conflict
-            }
+            ServiceError::Apply(
+                corral_host::tools::ApplyError::Conflicts(_)
+                | corral_host::tools::ApplyError::Refused(_),
+            ) => ErrorKind::Conflict,
             ServiceError::Apply(corral_host::tools::ApplyError::NotStaged(_)) => ErrorKind::Invalid,
             ServiceError::Apply(corral_host::tools::ApplyError::Io(_)) => ErrorKind::Host,
             ServiceError::NoStore | ServiceError::Store(_) => ErrorKind::Host,

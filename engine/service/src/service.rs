@@ -440,6 +440,11 @@ impl RunService {
     fn prepare(&self, spec: &RunSpec) -> Result<Prepared, ServiceError> {
         let tenant = self.tenant_of(spec)?;
         validate_limits(&spec.limits)?;
+        if let Some(tenant) = &tenant {
+            // Here, not only where a front end takes the request: a resumed or recovered run
+            // meets its tenant's settings as they are now.
+            tenant.check_commands(&spec.limits.allow_run)?;
+        }
         // No arguments stay none (the script's `args` is then undefined), unlike `null`.
         let args_json = if spec.args.trim().is_empty() {
             String::new()

@@ -17,6 +17,10 @@
 //! The token quotas are ledgers shared by all the tenant's runs, reserve-then-settle like a run's
 //! budget, so racing runs never overshoot them. They start from what the store says the tenant
 //! used in the current day and month.
+//!
+//! Grants a run asks for in its limits meet the tenant's settings too: `allow_write` only stages
+//! (the root changes when a writer applies the run), so any tenant may ask for it; `allow_run`
+//! names commands, and each must be in the tenant's `commands` (none by default).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -98,6 +102,69 @@ pub struct TenantSettings {
     /// Public keys (minisign's base64 key line) whose signatures it trusts; when any is set,
     /// the tenant's workflows must be signed by one of them (see "Signed workflows").
     pub trusted_keys: Vec<String>,
+    /// Commands its runs may be granted (`allow_run`), matched exactly by name; none by
+    /// default, so a run that asks for any is refused. Each runs in the jail.
+    pub commands: Vec<String>,
+}
+
+impl TenantSettings {
+    /// Checks what the settings say beyond their types: every `commands` entry is a command
+    /// name, as `allow_run` takes it (a path could never match one).
+    pub fn validate(&self) -> Result<(), String> {
+        match self
+            .commands
+            .iter()
+            .find(|command| command.is_empty() || command.contains(['/', '\0']))
+        {
+            Some(bad) => Err(format!(
+                "commands names {bad:?}, which is not a command name: list names found on PATH, \
+                 such as node or python3"
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks a run's `allow_run` against `commands`: every command must be listed.
+    pub fn check_commands(
+        &self,
+        tenant: &str,
+        allow_run: &[String],
+    ) -> Result<(), CommandsRefused> {
+        let mut refused: Vec<String> = Vec::new();
+        for command in allow_run {
+            if !self.commands.contains(command) && !refused.contains(command) {
+                refused.push(command.clone());
+            }
+        }
+        if refused.is_empty() {
+            return Ok(());
+        }
+        Err(CommandsRefused {
+            tenant: tenant.to_string(),
+            refused,
+            allowed: self.commands.clone(),
+        })
+    }
+}
+
+/// A run asks for commands (`allow_run`) that its tenant's `commands` setting does not list.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "allow_run asks for {}, which tenant {tenant} may not run: its `commands` setting allows {}; \
+     leave {} out of allow_run, or have the operator add {} to `commands` in [tenants.{tenant}] \
+     of corral.toml",
+    refused.join(", "),
+    if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") },
+    if refused.len() == 1 { "it" } else { "them" },
+    if refused.len() == 1 { "it" } else { "them" }
+)]
+pub struct CommandsRefused {
+    /// The tenant.
+    pub tenant: String,
+    /// The commands asked for and not allowed, in the order asked.
+    pub refused: Vec<String>,
+    /// What the tenant's `commands` allows.
+    pub allowed: Vec<String>,
 }
 
 /// A tenant quota that a request would exceed.
@@ -255,6 +322,11 @@ impl Tenant {
     /// The tenant's quotas.
     pub fn quota(&self) -> &Quota {
         &self.settings.quota
+    }
+
+    /// Checks a run's `allow_run` against the tenant's `commands`.
+    pub fn check_commands(&self, allow_run: &[String]) -> Result<(), CommandsRefused> {
+        self.settings.check_commands(&self.name, allow_run)
     }
 
     /// The day and month ledgers in force now (rolled over at UTC midnight / month start).
@@ -444,6 +516,9 @@ impl Tenancy {
                 .try_into()
                 .map_err(|error| format!("corral.toml: [tenants.{name}]: {error}"))?;
             validate_name(name)?;
+            settings
+                .validate()
+                .map_err(|error| format!("corral.toml: [tenants.{name}]: {error}"))?;
             declared.insert(name.clone(), settings);
         }
         Ok(Tenancy {
@@ -664,6 +739,7 @@ pub fn add_tenant(
     settings: &TenantSettings,
 ) -> Result<(), String> {
     validate_name(name)?;
+    settings.validate()?;
     let quota = serde_json::to_string(settings).map_err(|e| e.to_string())?;
     store
         .put_tenant(&TenantRow {
@@ -722,6 +798,54 @@ mod tests {
         assert_eq!(settings.roots["repo"], PathBuf::from("/srv/repo"));
         let error = toml::from_str::<TenantSettings>("[quota]\nrun = 2").unwrap_err();
         assert!(error.to_string().contains("unknown field `run`"), "{error}");
+    }
+
+    #[test]
+    fn commands_are_none_by_default_and_each_asked_for_must_be_listed() {
+        let none = TenantSettings::default();
+        assert_eq!(none.check_commands("acme", &[]), Ok(()));
+        let refused = none
+            .check_commands("acme", &["sh".to_string()])
+            .unwrap_err();
+        assert_eq!(refused.refused, ["sh"]);
+        let message = refused.to_string();
+        for part in [
+            "allow_run asks for sh",
+            "`commands` setting allows none",
+            "[tenants.acme]",
+        ] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
+
+        let some: TenantSettings = toml::from_str("commands = [\"node\", \"npm\"]").unwrap();
+        assert_eq!(some.check_commands("acme", &["node".to_string()]), Ok(()));
+        let ask = ["node", "sh", "bash", "sh"].map(String::from);
+        let refused = some.check_commands("acme", &ask).unwrap_err();
+        assert_eq!(refused.refused, ["sh", "bash"]);
+        assert!(
+            refused
+                .to_string()
+                .contains("allows node, npm; leave them out"),
+            "{refused}"
+        );
+        // Exact names: neither a prefix nor a path matches.
+        for near in ["nod", "node2", "/usr/bin/node"] {
+            assert!(
+                some.check_commands("acme", &[near.to_string()]).is_err(),
+                "{near}"
+            );
+        }
+    }
+
+    #[test]
+    fn commands_must_be_names() {
+        let path: TenantSettings = toml::from_str("commands = [\"/usr/bin/node\"]").unwrap();
+        let error = path.validate().unwrap_err();
+        assert!(error.contains("\"/usr/bin/node\""), "{error}");
+        let empty: TenantSettings = toml::from_str("commands = [\"\"]").unwrap();
+        assert!(empty.validate().is_err());
+        let fine: TenantSettings = toml::from_str("commands = [\"python3\"]").unwrap();
+        assert_eq!(fine.validate(), Ok(()));
     }
 
     #[test]

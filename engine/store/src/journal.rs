@@ -135,7 +135,11 @@ CREATE TABLE IF NOT EXISTS tokens (
 /// Columns added to `runs` after the first release, added to older journals when opened.
 const ADDED_RUN_COLUMNS: [(&str, &str); 2] = [("spec", "TEXT"), ("tenant", "TEXT")];
 /// Columns of `calls` added since the first journal format.
-const ADDED_CALL_COLUMNS: [(&str, &str); 1] = [("stop_requested", "INTEGER NOT NULL DEFAULT 0")];
+const ADDED_CALL_COLUMNS: [(&str, &str); 2] = [
+    ("stop_requested", "INTEGER NOT NULL DEFAULT 0"),
+    // What a call wrote into its run's changeset (JSON), so that a replay stages it again.
+    ("changes", "TEXT"),
+];
 
 enum Op {
     BeginRun(String, Box<NewRun>, i64),
@@ -624,23 +628,31 @@ impl RunStore for Journal {
         let err = |e: rusqlite::Error| self.error(e);
         let mut statement = db
             .prepare(
-                "SELECT seq, key, status, text, json, answered_model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens FROM calls WHERE run_id = ?1 ORDER BY seq",
+                "SELECT seq, key, status, text, json, answered_model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, changes FROM calls WHERE run_id = ?1 ORDER BY seq",
             )
             .map_err(err)?;
         statement
             .query_map([run], |row| {
                 let status: String = row.get(2)?;
-                let output = if status == CallStatus::Ok.as_str() {
-                    let json: Option<String> = row.get(4)?;
-                    Some(AgentOutput {
-                        text: row.get::<_, Option<String>>(3)?.unwrap_or_default(),
-                        json: json.and_then(|text| serde_json::from_str(&text).ok()),
-                        usage: usage_at(row, 6)?,
-                        model: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
-                    })
-                } else {
-                    None
+                // Changes that do not parse make the answer unusable: the call is sent again
+                // rather than replayed without what it wrote.
+                let changes = match row.get::<_, Option<String>>(10)? {
+                    None => Some(Vec::new()),
+                    Some(text) => serde_json::from_str(&text).ok(),
                 };
+                let output =
+                    if let (true, Some(changes)) = (status == CallStatus::Ok.as_str(), changes) {
+                        let json: Option<String> = row.get(4)?;
+                        Some(AgentOutput {
+                            text: row.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                            json: json.and_then(|text| serde_json::from_str(&text).ok()),
+                            usage: usage_at(row, 6)?,
+                            model: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                            changes,
+                        })
+                    } else {
+                        None
+                    };
                 Ok(RecordedCall {
                     seq: row.get::<_, i64>(0)? as u64,
                     key: row.get(1)?,
@@ -1113,6 +1125,16 @@ fn apply(
                     "UPDATE calls SET status = ?3, error_kind = ?4, error = ?5, text = ?6, json = ?7, answered_model = ?8, input_tokens = ?9, output_tokens = ?10, cache_read_tokens = ?11, cache_write_tokens = ?12, finished_ms = ?13, started_ms = COALESCE(?15, started_ms, ?13), replayed = ?14 WHERE run_id = ?1 AND seq = ?2")?.execute(
                     params![run, seq as i64, status, kind, error, text, json, model, usage.input_tokens as i64, usage.output_tokens as i64, usage.cache_read_tokens as i64, usage.cache_write_tokens as i64, at, replayed as i64, started],
                 )?;
+                if let Ok(output) = &outcome
+                    && !output.changes.is_empty()
+                {
+                    let changes =
+                        serde_json::to_string(&output.changes).expect("changes serialise as JSON");
+                    tx.prepare_cached(
+                        "UPDATE calls SET changes = ?3 WHERE run_id = ?1 AND seq = ?2",
+                    )?
+                    .execute(params![run, seq as i64, changes])?;
+                }
             }
             Op::Event {
                 run,

@@ -2,7 +2,9 @@
 //! ([`crate::WitHost`]); in unit tests a fake, so the whole JavaScript API can be tested on the
 //! host target without building a component.
 
-use crate::bindings::corral::workflow::agents::{AgentError, AgentOptions, CallId, Completion};
+use crate::bindings::corral::workflow::agents::{
+    AgentError, AgentOptions, CallId, Completion, Isolated,
+};
 use crate::bindings::corral::workflow::tools::{
     Change, CommandOutput, Commit, GrepMatch, GrepOptions, StatusEntry, ToolError,
 };
@@ -16,6 +18,18 @@ pub trait Host {
     fn agent_wait(&self, ids: &[CallId]) -> Vec<Completion>;
     /// `agents.cancel`.
     fn agent_cancel(&self, id: CallId);
+    /// `agents.start-isolated`.
+    fn agent_start_isolated(
+        &self,
+        prompt: &str,
+        options: &AgentOptions,
+    ) -> Result<CallId, AgentError>;
+    /// `agents.isolated-changes`.
+    fn isolated_changes(&self, id: CallId) -> Result<Isolated, ToolError>;
+    /// `agents.keep-changes`.
+    fn keep_changes(&self, id: CallId) -> Result<Vec<String>, ToolError>;
+    /// `agents.discard-changes`.
+    fn discard_changes(&self, id: CallId);
 
     /// `tools.read`.
     fn read(&self, path: &str) -> Result<String, ToolError>;

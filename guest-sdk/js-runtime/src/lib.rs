@@ -98,6 +98,29 @@ mod component {
             agents::start(prompt, options)
         }
 
+        fn agent_start_isolated(
+            &self,
+            prompt: &str,
+            options: &agents::AgentOptions,
+        ) -> Result<agents::CallId, agents::AgentError> {
+            agents::start_isolated(prompt, options)
+        }
+
+        fn isolated_changes(
+            &self,
+            id: agents::CallId,
+        ) -> Result<agents::Isolated, tools::ToolError> {
+            agents::isolated_changes(id)
+        }
+
+        fn keep_changes(&self, id: agents::CallId) -> Result<Vec<String>, tools::ToolError> {
+            agents::keep_changes(id)
+        }
+
+        fn discard_changes(&self, id: agents::CallId) {
+            agents::discard_changes(id)
+        }
+
         fn agent_wait(&self, ids: &[agents::CallId]) -> Vec<agents::Completion> {
             agents::wait(ids)
         }

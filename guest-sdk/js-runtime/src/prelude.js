@@ -244,9 +244,38 @@
     } catch (e) {
       return Promise.reject(e);
     }
-    return new Promise((resolve, reject) => {
+    const promise = new Promise((resolve, reject) => {
       pending[id] = { resolve, reject };
     });
+    // Rule 15: an isolated agent's writes wait in its own overlay for the script's decision.
+    if (opts === null || opts === undefined || opts.isolation !== 'worktree') return promise;
+    return promise.then((result) => isolatedResult(id, result));
+  }
+
+  function isolatedResult(id, result) {
+    const { files, diff } = native.isolatedChanges(id);
+    let decided = null;
+    const decide = (what) => {
+      if (decided !== null) {
+        throw new Error(`${what}: these changes were already ${decided}; keep or drop them once`);
+      }
+    };
+    const changes = Object.freeze({
+      files: Object.freeze(files),
+      diff,
+      keep() {
+        decide('changes.keep()');
+        const kept = native.keepChanges(id);
+        decided = 'kept';
+        return kept;
+      },
+      drop() {
+        decide('changes.drop()');
+        native.discardChanges(id);
+        decided = 'dropped';
+      },
+    });
+    return Object.freeze({ result, changes });
   }
 
   function settle(id, ok, value) {

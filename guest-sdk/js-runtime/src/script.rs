@@ -946,13 +946,19 @@ fn natives<'js>(
                          await every agent() call before the workflow returns",
                     ));
                 }
-                let mut options = agent_options(&ctx, &s, opts.0, schema_text.0.flatten())?;
+                let (mut options, isolated) =
+                    agent_options(&ctx, &s, opts.0, schema_text.0.flatten())?;
                 // Rule 16: an agent that names no model gets its phase's, from meta.phases.
                 if options.model.is_none() {
                     let phase = options.phase.clone().or_else(|| s.phase.borrow().clone());
                     options.model = phase.and_then(|p| m.model_of(&p).map(str::to_owned));
                 }
-                match s.host.agent_start(&prompt, &options) {
+                let started = if isolated {
+                    s.host.agent_start_isolated(&prompt, &options)
+                } else {
+                    s.host.agent_start(&prompt, &options)
+                };
+                match started {
                     Ok(id) => {
                         let label = options.label;
                         s.pending
@@ -1228,6 +1234,60 @@ fn natives<'js>(
 
     let s = state.clone();
     natives.set(
+        "isolatedChanges",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, id: f64| -> rquickjs::Result<Object<'js>> {
+                require_running(&ctx, &s, "changes")?;
+                let isolated = s
+                    .host
+                    .isolated_changes(id as CallId)
+                    .map_err(|e| tool_error(&ctx, "the isolated agent's changes", e))?;
+                let files = Array::new(ctx.clone())?;
+                for (i, change) in isolated.files.into_iter().enumerate() {
+                    let object = Object::new(ctx.clone())?;
+                    object.set("path", change.path)?;
+                    object.set("kind", change.kind)?;
+                    object.set("bytes", change.bytes as f64)?;
+                    files.set(i, object)?;
+                }
+                let object = Object::new(ctx.clone())?;
+                object.set("files", files)?;
+                object.set("diff", isolated.diff)?;
+                Ok(object)
+            },
+        )?,
+    )?;
+
+    let s = state.clone();
+    natives.set(
+        "keepChanges",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, id: f64| -> rquickjs::Result<Vec<String>> {
+                require_running(&ctx, &s, "changes.keep()")?;
+                s.host
+                    .keep_changes(id as CallId)
+                    .map_err(|e| tool_error(&ctx, "changes.keep()", e))
+            },
+        )?,
+    )?;
+
+    let s = state.clone();
+    natives.set(
+        "discardChanges",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, id: f64| -> rquickjs::Result<()> {
+                require_running(&ctx, &s, "changes.drop()")?;
+                s.host.discard_changes(id as CallId);
+                Ok(())
+            },
+        )?,
+    )?;
+
+    let s = state.clone();
+    natives.set(
         "run",
         Function::new(
             ctx.clone(),
@@ -1369,7 +1429,7 @@ fn natives<'js>(
 
 /// The option names `agent()` knows.
 const AGENT_OPTIONS: &str =
-    "label, phase, model, effort, schema, tools, maxTokens, maxTurns, timeoutMs";
+    "label, phase, model, effort, schema, tools, maxTokens, maxTurns, timeoutMs, isolation";
 
 /// Reads `agent()`'s options object. `schema_text` is the JSON text of an object schema, which
 /// the prelude makes with the bounded `JSON.stringify`.
@@ -1378,7 +1438,8 @@ fn agent_options<'js>(
     state: &State,
     opts: Option<Value<'js>>,
     schema_text: Option<String>,
-) -> rquickjs::Result<AgentOptions> {
+) -> rquickjs::Result<(AgentOptions, bool)> {
+    let mut isolated = false;
     let mut options = AgentOptions {
         label: None,
         phase: None,
@@ -1391,7 +1452,7 @@ fn agent_options<'js>(
         timeout_ms: None,
     };
     let Some(opts) = opts.filter(|o| !o.is_undefined() && !o.is_null()) else {
-        return Ok(options);
+        return Ok((options, isolated));
     };
     let Some(object) = opts
         .as_object()
@@ -1474,6 +1535,10 @@ fn agent_options<'js>(
             "maxTokens" => options.max_tokens = Some(count(&value, "maxTokens")?),
             "maxTurns" => options.max_turns = Some(count(&value, "maxTurns")?),
             "timeoutMs" => options.timeout_ms = Some(count(&value, "timeoutMs")?),
+            "isolation" => match string(&value).as_deref() {
+                Some("worktree") => isolated = true,
+                _ => return Err(type_error("isolation", "'worktree'")),
+            },
             unknown => {
                 if state.warned.borrow_mut().insert(unknown.to_owned()) {
                     state.host.log(&format!(
@@ -1483,7 +1548,7 @@ fn agent_options<'js>(
             }
         }
     }
-    Ok(options)
+    Ok((options, isolated))
 }
 
 #[cfg(test)]

@@ -59,6 +59,7 @@ fn run(protocol: Protocol, aware: bool, agents: usize, context: &str) -> Outcome
         events: Arc::new(NoEvents),
         schema_attempts: corral_host::agent_loop::MAX_SCHEMA_ATTEMPTS,
         pause: None,
+        commands: Default::default(),
     };
     let schema = Arc::new(
         OutputSchema::from_value(json!({
@@ -92,6 +93,7 @@ fn run(protocol: Protocol, aware: bool, agents: usize, context: &str) -> Outcome
                 output_floor: None,
                 max_turns: DEFAULT_MAX_TURNS,
                 timeout: None,
+                isolated: false,
             };
             ids.push(scheduler.start(request).expect("under the agent cap"));
         }

@@ -267,6 +267,453 @@ async fn staging_limits_are_hit_with_their_flag_named_and_keep_what_was_staged()
 }
 
 #[tokio::test]
+async fn replacing_and_reverting_give_their_bytes_back() {
+    let repo = fixture_repo();
+    let report = script(
+        repo.path(),
+        "tools.write('a.txt', 'x'.repeat(600)); tools.write('a.txt', 'y'.repeat(600))\n\
+         tools.revert('a.txt'); tools.write('b.txt', 'z'.repeat(900)); return tools.changes()",
+        |l| {
+            grant_all(l);
+            l.tools.max_staged_bytes = 1000;
+        },
+    )
+    .await;
+    assert_eq!(
+        result(&report),
+        json!([{ "path": "b.txt", "kind": "added", "bytes": 900 }])
+    );
+}
+
+#[tokio::test]
+async fn a_path_is_a_file_or_a_directory_and_edits_need_text() {
+    let repo = fixture_repo();
+    let root = repo.path();
+    std::fs::write(root.join("latin1.txt"), b"caf\xe9 au lait\n").unwrap();
+    let report = script(
+        root,
+        "tools.write('a', 'file')\n\
+         let clash, under, latin\n\
+         try { tools.write('a/b', 'x') } catch (e) { clash = [e.code, e.message] }\n\
+         tools.write('d/e', 'x')\n\
+         try { tools.write('d', 'x') } catch (e) { under = e.code }\n\
+         try { tools.edit('latin1.txt', 'au', 'with') } catch (e) { latin = [e.code, e.message] }\n\
+         return { clash, under, latin, changes: tools.changes().map((c) => c.path) }",
+        grant_all,
+    )
+    .await;
+    let out = result(&report);
+    assert_eq!(out["clash"][0], "invalid-input", "{out}");
+    assert!(
+        out["clash"][1]
+            .as_str()
+            .unwrap()
+            .contains("both a file and a directory"),
+        "{out}"
+    );
+    assert_eq!(out["under"], "invalid-input", "{out}");
+    assert_eq!(out["latin"][0], "invalid-input", "{out}");
+    assert!(
+        out["latin"][1].as_str().unwrap().contains("not UTF-8"),
+        "{out}"
+    );
+    assert_eq!(out["changes"], json!(["a", "d/e"]));
+}
+
+/// A simulated provider that changes the root while it answers: someone editing files during a
+/// run, at a known moment.
+struct Meddler {
+    sim: corral_host::provider::sim::SimProvider,
+    meddle: Box<dyn Fn() + Send + Sync>,
+}
+
+impl corral_host::provider::Provider for Meddler {
+    fn name(&self) -> &str {
+        "sim"
+    }
+
+    fn resolve_model(&self, requested: Option<&str>) -> String {
+        self.sim.resolve_model(requested)
+    }
+
+    fn complete<'a>(
+        &'a self,
+        request: &'a corral_host::provider::ChatRequest,
+    ) -> corral_host::provider::BoxFuture<
+        'a,
+        Result<corral_host::provider::ChatResponse, corral_host::provider::ProviderError>,
+    > {
+        (self.meddle)();
+        self.sim.complete(request)
+    }
+}
+
+fn meddler(meddle: impl Fn() + Send + Sync + 'static) -> std::sync::Arc<Meddler> {
+    std::sync::Arc::new(Meddler {
+        sim: corral_host::provider::sim::SimProvider::default(),
+        meddle: Box::new(meddle),
+    })
+}
+
+#[tokio::test]
+async fn a_staged_file_the_root_gains_later_is_listed_and_searched_once() {
+    let repo = fixture_repo();
+    let root = repo.path().to_path_buf();
+    let gained = root.join("gained.txt");
+    let report = Run::new(Value::Null)
+        .script(
+            "gain.js",
+            "tools.write('gained.txt', 'needle\\n'); await agent('wait'); \
+             return [tools.glob('*.txt'), tools.grep('needle').length]",
+        )
+        .root(&root)
+        .provider(meddler(move || {
+            std::fs::write(&gained, "needle\n").unwrap()
+        }))
+        .limits(grant_all)
+        .run(&js_runtime())
+        .await;
+    assert_eq!(result(&report), json!([["gained.txt"], 1]));
+}
+
+#[tokio::test]
+async fn a_write_based_on_an_old_read_of_a_file_the_root_changed_is_a_conflict() {
+    let repo = fixture_repo();
+    let root = repo.path().to_path_buf();
+    let readme = root.join("README.md");
+    let report = Run::new(Value::Null)
+        .script(
+            "stale.js",
+            &format!(
+                "const old = tools.read('README.md'); await agent('think'); {}",
+                attempt("tools.write('README.md', old + 'more\\n')")
+            ),
+        )
+        .root(&root)
+        .provider(meddler(move || {
+            std::fs::write(&readme, "# edited by hand\n").unwrap();
+        }))
+        .limits(grant_all)
+        .run(&js_runtime())
+        .await;
+    let out = result(&report);
+    assert_eq!(out["code"], "invalid-input", "{out}");
+    assert!(
+        out["message"].as_str().unwrap().contains("conflict"),
+        "{out}"
+    );
+    assert!(report.changes.is_empty());
+}
+
+#[tokio::test]
+async fn the_command_view_is_bounded_and_keeps_executable_bits() {
+    let repo = fixture_repo();
+    let root = repo.path();
+    std::fs::write(root.join("check.sh"), "#!/bin/sh\necho checked\n").unwrap();
+    std::fs::set_permissions(
+        root.join("check.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let allow = |l: &mut corral_host::RunLimits| {
+        grant_all(l);
+        l.allow_run = vec!["sh".to_string()];
+    };
+    let report = script(
+        root,
+        "tools.edit('check.sh', 'checked', 'edited')\n\
+         return tools.run('sh', ['-c', 'test -x check.sh && ./check.sh'])",
+        allow,
+    )
+    .await;
+    assert_eq!(result(&report)["stdout"], "edited\n");
+    let limited = script(root, &attempt("tools.run('sh', ['-c', 'true'])"), |l| {
+        allow(l);
+        l.tools.max_view_bytes = 64;
+    })
+    .await;
+    let out = result(&limited);
+    assert_eq!(out["code"], "limit", "{out}");
+    assert!(
+        out["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-view-bytes"),
+        "{out}"
+    );
+    // Applying keeps the executable bit too.
+    let applied = corral_host::tools::apply(
+        root,
+        &report.changes,
+        &[],
+        &corral_host::tools::WriteGrant::parse(&["**".to_string()]).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(applied.applied, ["check.sh"]);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(root.join("check.sh"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o755);
+}
+
+#[tokio::test]
+async fn apply_never_writes_through_a_symlink_planted_after_the_run() {
+    let repo = fixture_repo();
+    let root = repo.path();
+    let report = script(
+        root,
+        "tools.write('hooks/pre-commit', '#!/bin/sh\\necho pwned\\n'); tools.write('src/lib.rs', 'x'); return 1",
+        grant_all,
+    )
+    .await;
+    assert_eq!(report.changes.len(), 2);
+    // Between the run and the apply, `hooks` becomes a symlink into the repository's metadata.
+    std::os::unix::fs::symlink(".git/hooks", root.join("hooks")).unwrap();
+    let grant = corral_host::tools::WriteGrant::parse(&["**".to_string()]).unwrap();
+    let refused = corral_host::tools::apply(root, &report.changes, &[], &grant).unwrap_err();
+    assert!(refused.to_string().contains("symlink"), "{refused}");
+    assert!(!root.join(".git/hooks/pre-commit").exists());
+    assert!(
+        !root.join("src/lib.rs").exists(),
+        "a refused apply wrote another file"
+    );
+    // A grant narrower than what was staged is checked again at apply time.
+    std::fs::remove_file(root.join("hooks")).unwrap();
+    let narrow = corral_host::tools::WriteGrant::parse(&["src/**".to_string()]).unwrap();
+    let outside = corral_host::tools::apply(root, &report.changes, &[], &narrow).unwrap_err();
+    assert!(outside.to_string().contains("--allow-write"), "{outside}");
+}
+
+#[tokio::test]
+async fn agents_write_through_their_tools_only_under_the_grant() {
+    let repo = fixture_repo();
+    let root = repo.path();
+    let fake = FakeLlm::start(Protocol::Anthropic, Some("test-key"));
+    fake.script([
+        Reply::tool(
+            "write",
+            json!({ "path": "src/new.rs", "content": "pub fn new() {}\n" }),
+        ),
+        Reply::text("done"),
+    ]);
+    let source = "const text = await agent('add a module', { tools: ['read', 'write', 'edit'] })\n\
+                  return [text, tools.read('src/new.rs'), tools.changes().map((c) => c.path)]";
+    let report = Run::new(Value::Null)
+        .script("agent-writes.js", source)
+        .root(root)
+        .provider(fake.provider())
+        .limits(grant_all)
+        .run(&js_runtime())
+        .await;
+    assert_eq!(
+        result(&report),
+        json!(["done", "pub fn new() {}\n", ["src/new.rs"]])
+    );
+    assert!(!root.join("src/new.rs").exists());
+    // The write tool is offered only when named, and only under the grant.
+    let offered: Vec<String> = fake.received()[0].body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|tool| tool["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(offered, ["read", "write", "edit"]);
+    let denied = result(
+        &Run::new(Value::Null)
+            .script(
+                "denied.js",
+                &attempt("await agent('x', { tools: ['write'] })"),
+            )
+            .root(root)
+            .provider(fake.provider())
+            .run(&js_runtime())
+            .await,
+    );
+    assert_eq!(denied["code"], "denied", "{denied}");
+    assert!(
+        denied["message"]
+            .as_str()
+            .unwrap()
+            .contains("--allow-write"),
+        "{denied}"
+    );
+}
+
+#[tokio::test]
+async fn two_agents_editing_one_file_conflict_instead_of_interleaving() {
+    let repo = fixture_repo();
+    let root = repo.path();
+    let fake = FakeLlm::start(Protocol::Anthropic, Some("test-key"));
+    // Both first answers are in flight at once, so both agents started before either edit.
+    fake.set_latency(std::time::Duration::from_millis(300));
+    let edit = json!({ "path": "src/math.rs", "old_text": "a.wrapping_add(b)", "new_text": "a.checked_add(b).unwrap()" });
+    fake.script([
+        Reply::tool("edit", edit.clone()),
+        Reply::tool("edit", edit),
+        Reply::text("done"),
+        Reply::text("done"),
+    ]);
+    let source = "const [a, b] = await parallel([\n\
+                    () => agent('edit one', { tools: ['read', 'edit'] }),\n\
+                    () => agent('edit two', { tools: ['read', 'edit'] }),\n\
+                  ])\n\
+                  return [a, b, tools.read('src/math.rs')]";
+    let report = Run::new(Value::Null)
+        .script("conflict.js", source)
+        .root(root)
+        .provider(fake.provider())
+        .limits(grant_all)
+        .run(&js_runtime())
+        .await;
+    let out = result(&report);
+    assert_eq!(out[0], "done");
+    assert_eq!(out[1], "done");
+    let math = out[2].as_str().unwrap();
+    assert_eq!(math.matches("checked_add").count(), 1, "{math}");
+    let conflicts = fake
+        .received()
+        .iter()
+        .filter(|request| request.body.to_string().contains("conflict:"))
+        .count();
+    assert_eq!(
+        conflicts, 1,
+        "exactly one agent is told to read the file again"
+    );
+}
+
+#[tokio::test]
+async fn an_isolated_agents_changes_wait_to_be_kept_or_dropped() {
+    let repo = fixture_repo();
+    let root = repo.path();
+    let fake = FakeLlm::start(Protocol::Anthropic, Some("test-key"));
+    fake.script([
+        Reply::tool("write", json!({ "path": "a.txt", "content": "from a\n" })),
+        Reply::text("a done"),
+        Reply::tool("write", json!({ "path": "b.txt", "content": "from b\n" })),
+        Reply::text("b done"),
+        Reply::tool("write", json!({ "path": "c.txt", "content": "from c\n" })),
+        Reply::text("c done"),
+    ]);
+    let source = "tools.write('base.txt', 'base')\n\
+        const a = await agent('a', { isolation: 'worktree', tools: ['read', 'write'] })\n\
+        const before = tools.changes().map((c) => c.path)\n\
+        const kept = a.changes.keep()\n\
+        const b = await agent('b', { isolation: 'worktree', tools: ['write'] })\n\
+        b.changes.drop()\n\
+        const c = await agent('c', { isolation: 'worktree', tools: ['write'] })\n\
+        tools.write('c.txt', 'the script got there first')\n\
+        let conflict; try { c.changes.keep() } catch (e) { conflict = [e.code, e.message] }\n\
+        c.changes.drop()\n\
+        return { result: a.result, files: a.changes.files, diff: a.changes.diff, before, kept, conflict,\n\
+                 after: tools.changes().map((c) => c.path), c: tools.read('c.txt') }";
+    let report = Run::new(Value::Null)
+        .script("isolated.js", source)
+        .root(root)
+        .provider(fake.provider())
+        .limits(grant_all)
+        .run(&js_runtime())
+        .await;
+    let out = result(&report);
+    assert_eq!(out["result"], "a done");
+    assert_eq!(out["before"], json!(["base.txt"]), "{out}");
+    assert_eq!(
+        out["files"],
+        json!([{ "path": "a.txt", "kind": "added", "bytes": 7 }])
+    );
+    assert!(out["diff"].as_str().unwrap().contains("+from a"), "{out}");
+    assert_eq!(out["kept"], json!(["a.txt"]));
+    assert_eq!(out["conflict"][0], "invalid-input", "{out}");
+    assert!(
+        out["conflict"][1].as_str().unwrap().contains("conflict"),
+        "{out}"
+    );
+    assert_eq!(out["after"], json!(["a.txt", "base.txt", "c.txt"]));
+    assert_eq!(out["c"], "the script got there first");
+    // Isolation needs the write grant.
+    let denied = result(
+        &Run::new(Value::Null)
+            .script(
+                "denied.js",
+                &attempt("await agent('x', { isolation: 'worktree' })"),
+            )
+            .root(root)
+            .provider(fake.provider())
+            .run(&js_runtime())
+            .await,
+    );
+    assert_eq!(denied["code"], "denied", "{denied}");
+}
+
+#[test]
+fn a_replayed_agent_call_stages_what_it_wrote_again() {
+    let repo = fixture_repo();
+    let root = repo.path();
+    let data = tempfile::tempdir().unwrap();
+    let fake = FakeLlm::start(Protocol::Anthropic, Some("test-key"));
+    fake.script([
+        Reply::tool(
+            "write",
+            json!({ "path": "src/agent.rs", "content": "// by the agent\n" }),
+        ),
+        Reply::text("written"),
+    ]);
+    let env = [
+        ("ANTHROPIC_BASE_URL", fake.url()),
+        ("ANTHROPIC_API_KEY", "test-key".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    std::fs::write(
+        root.join("agentic.js"),
+        "await agent('write it', { tools: ['write'] }); throw new Error('boom')",
+    )
+    .unwrap();
+    let failed = corral_in(
+        root,
+        data.path(),
+        &env,
+        &[
+            "run",
+            "agentic.js",
+            "--root",
+            ".",
+            "--allow-write",
+            "--provider",
+            "anthropic",
+        ],
+    );
+    assert_ne!(failed.code, Some(0), "{}", failed.stderr);
+    let id = failed
+        .stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("corral: run ")?.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let sent = fake.received().len();
+    assert_eq!(sent, 2);
+    let fixed = root.join("fixed.js");
+    std::fs::write(
+        &fixed,
+        "await agent('write it', { tools: ['write'] }); return tools.changes().map((c) => c.path)",
+    )
+    .unwrap();
+    let resumed = corral_in(
+        root,
+        data.path(),
+        &env,
+        &["runs", "resume", &id, "--script", fixed.to_str().unwrap()],
+    );
+    assert_eq!(resumed.code, Some(0), "{}", resumed.stderr);
+    assert_eq!(resumed.stdout.trim(), r#"["src/agent.rs"]"#);
+    assert_eq!(
+        fake.received().len(),
+        sent,
+        "the replayed call was sent again"
+    );
+}
+
+#[tokio::test]
 async fn revert_shows_the_root_again() {
     let repo = fixture_repo();
     let root = repo.path();
@@ -642,6 +1089,13 @@ fn a_resumed_run_keeps_its_staged_writes_and_its_grants() {
         .find_map(|line| line.strip_prefix("corral: run ")?.split_whitespace().next())
         .unwrap()
         .to_string();
+    // A failed run's changeset is recorded too.
+    let failed_diff = corral_in(root, data.path(), &[], &["runs", "diff", &id]);
+    assert!(
+        failed_diff.stdout.contains("+staged"),
+        "{}",
+        failed_diff.stdout
+    );
     let fixed = root.join("fixed.js");
     std::fs::write(
         &fixed,

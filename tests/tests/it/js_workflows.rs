@@ -19,6 +19,8 @@ use tests::support::{Run, fixture_repo, js_runtime, logs, result};
 const RUN_BY_A_TEST: &[&str] = &[
     "audit.js",
     "judge-panel.js",
+    // Run end to end in `changes::migrate_keeps_the_rewrites_whose_tests_pass_and_apply_writes_exactly_those`.
+    "migrate.js",
     "review-changes.js",
     "review-diff.js",
     "rubric-retry.js",

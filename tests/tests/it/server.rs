@@ -207,10 +207,15 @@ fn another_tenants_things_answer_exactly_like_unknown_ones() {
         "/v1/runs/{}/agents/1",
         "/v1/runs/{}/result",
         "/v1/runs/{}/events",
+        "/v1/runs/{}/diff",
     ] {
         same(path, "GET", &id, unknown_run);
     }
-    for path in ["/v1/runs/{}/stop", "/v1/runs/{}/resume"] {
+    for path in [
+        "/v1/runs/{}/stop",
+        "/v1/runs/{}/resume",
+        "/v1/runs/{}/apply",
+    ] {
         same(path, "POST", &id, unknown_run);
     }
     // Nor can it run the other tenant's workflow, list its workflows or runs, or see its usage.
@@ -293,13 +298,7 @@ fn tokens_are_checked_and_read_only_tokens_only_read() {
     // Tenants and tokens declared in corral.toml (only the token's hash is written there).
     let config = data.path().join("corral.toml");
     let secret = "crl_declared_0123456789abcdef";
-    let digest: String = {
-        use sha2::Digest;
-        sha2::Sha256::digest(secret.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
+    let digest = token_sha256(secret);
     std::fs::write(
         &config,
         format!(
@@ -335,6 +334,7 @@ fn tokens_are_checked_and_read_only_tokens_only_read() {
         read_only.post("/v1/runs", &json!({"workflow": hash})),
         read_only.post(&format!("/v1/runs/{id}/stop"), &json!({})),
         read_only.post(&format!("/v1/runs/{id}/resume"), &json!({})),
+        read_only.post(&format!("/v1/runs/{id}/apply"), &json!({})),
     ];
     for answer in refused {
         assert_error(&answer, 403, "read_only");
@@ -980,4 +980,240 @@ fn the_run_changes_stream_carries_only_the_callers_runs() {
     assert!(seen.iter().all(|(_, e)| e["event"] == "run_changed"));
     // A missing token is refused like on every /v1 endpoint.
     assert_eq!(Api::new(&server.url, None).get("/v1/events").status, 401);
+}
+
+/// Stages `args.files` (`{path: text}`) with `tools.write`, and answers how many it staged.
+const WRITE: &str = "export const meta = { name: 'write', description: 'stages files' }
+for (const [path, text] of Object.entries(args.files)) tools.write(path, text)
+return tools.changes().length
+";
+
+/// The SHA-256 (hex) of a token, as `corral.toml` declares it.
+fn token_sha256(secret: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Submits WRITE over the tenant's root `repo` with every path writable, and waits for it.
+fn staged_run(api: &Api, files: Value) -> String {
+    let id = api.submit(&json!({
+        "script": WRITE,
+        "script_name": "write.js",
+        "root": "repo",
+        "args": {"files": files},
+        "limits": {"allow_write": ["**"]},
+    }));
+    let detail = api.wait(&id);
+    assert_eq!(detail["status"], "succeeded", "{detail}");
+    id
+}
+
+#[test]
+fn a_tenants_run_stages_writes_that_only_a_writer_applies() {
+    let data = tempfile::tempdir().unwrap();
+    let repo = fixture_repo();
+    let root = repo.path();
+    let token = tenant_with_token(
+        data.path(),
+        "acme",
+        &["--root", &format!("repo={}", root.display())],
+    );
+    let reader = corral_ok(data.path(), &["tokens", "create", "acme", "--read-only"])
+        .trim()
+        .to_string();
+    let other = tenant_with_token(data.path(), "globex", &[]);
+    let server = TestServer::start(data.path(), &[], &[]);
+    let (api, read_only, globex) = (
+        server.client(&token),
+        server.client(&reader),
+        server.client(&other),
+    );
+
+    let text = "export const answer = 42\n";
+    let id = staged_run(&api, json!({"src/answer.js": text}));
+    assert_eq!(api.get(&format!("/v1/runs/{id}/result")).json["result"], 1);
+    assert!(!root.join("src/answer.js").exists(), "a run only stages");
+
+    // Anyone of the tenant may review it; nobody else may see it.
+    let diff = read_only.get(&format!("/v1/runs/{id}/diff"));
+    assert_eq!(diff.status, 200, "{}", diff.text);
+    assert!(
+        diff.content_type.starts_with("text/x-diff"),
+        "{}",
+        diff.content_type
+    );
+    assert!(
+        diff.text.contains(
+            "--- /dev/null\n+++ b/src/answer.js\n@@ -0,0 +1 @@\n+export const answer = 42\n"
+        ),
+        "{}",
+        diff.text
+    );
+    assert_error(
+        &globex.get(&format!("/v1/runs/{id}/diff")),
+        404,
+        "not_found",
+    );
+    assert_error(
+        &globex.post(&format!("/v1/runs/{id}/apply"), &json!({})),
+        404,
+        "not_found",
+    );
+
+    // Only a writer applies, only what the run staged, and all of it by default.
+    let apply = format!("/v1/runs/{id}/apply");
+    assert_error(&read_only.post(&apply, &json!({})), 403, "read_only");
+    let unknown = api.post(&apply, &json!({"paths": ["src/other.js"]}));
+    assert_error(&unknown, 400, "not_staged");
+    assert!(unknown.text.contains("src/answer.js"), "{}", unknown.text);
+    assert_error(
+        &api.post(&apply, &json!({"path": ["src/answer.js"]})),
+        400,
+        "invalid_json",
+    );
+    assert!(!root.join("src/answer.js").exists());
+    let applied = api.send("POST", &apply, None, None);
+    assert_eq!(applied.status, 200, "{}", applied.text);
+    assert_eq!(
+        applied.json,
+        json!({"applied": ["src/answer.js"], "already": []})
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("src/answer.js")).unwrap(),
+        text
+    );
+    // Applying again writes nothing, and the diff is now empty.
+    let again = api.post(&apply, &json!({"paths": ["src/answer.js"]}));
+    assert_eq!(
+        again.json,
+        json!({"applied": [], "already": ["src/answer.js"]}),
+        "{}",
+        again.text
+    );
+    assert_eq!(api.get(&format!("/v1/runs/{id}/diff")).text, "");
+
+    // The root changed since a run staged a file: nothing of it is applied, the file is named,
+    // and the other paths still apply.
+    let math = root.join("src/math.rs");
+    let id = staged_run(
+        &api,
+        json!({"src/math.rs": "pub fn add() {}\n", "src/extra.js": "1\n"}),
+    );
+    std::fs::write(&math, "// changed by hand\n").unwrap();
+    let apply = format!("/v1/runs/{id}/apply");
+    let conflict = api.post(&apply, &json!({}));
+    assert_error(&conflict, 409, "changes_conflict");
+    assert!(conflict.text.contains("src/math.rs"), "{}", conflict.text);
+    assert_eq!(conflict.json["conflicts"], json!(["src/math.rs"]));
+    assert_eq!(
+        std::fs::read_to_string(&math).unwrap(),
+        "// changed by hand\n"
+    );
+    assert!(
+        !root.join("src/extra.js").exists(),
+        "a refused apply writes nothing"
+    );
+    let rest = api.post(&apply, &json!({"paths": ["src/extra.js"]}));
+    assert_eq!(
+        rest.json,
+        json!({"applied": ["src/extra.js"], "already": []}),
+        "{}",
+        rest.text
+    );
+
+    // A run that staged nothing has nothing to apply; one still running has nothing recorded.
+    let plain = api.submit(&json!({"script": "return 1", "root": "repo"}));
+    api.wait(&plain);
+    let nothing = api.post(&format!("/v1/runs/{plain}/apply"), &json!({}));
+    assert_error(&nothing, 400, "invalid");
+    assert!(
+        nothing.text.contains("staged no changes"),
+        "{}",
+        nothing.text
+    );
+    let slow = api.submit(&json!({
+        "script": "await agent('think'); tools.write('late.txt', 'x'); return 1",
+        "root": "repo",
+        "limits": {"allow_write": ["**"]},
+        "sim_latency_ms": 60_000,
+    }));
+    assert_error(
+        &api.get(&format!("/v1/runs/{slow}/diff")),
+        409,
+        "not_finished",
+    );
+    assert_error(
+        &api.post(&format!("/v1/runs/{slow}/apply"), &json!({})),
+        409,
+        "not_finished",
+    );
+    api.post(&format!("/v1/runs/{slow}/stop"), &json!({}));
+    assert_eq!(api.wait(&slow)["status"], "stopped");
+}
+
+#[test]
+fn commands_need_the_tenants_commands_setting() {
+    let data = tempfile::tempdir().unwrap();
+    let repo = fixture_repo();
+    let root = format!("repo={}", repo.path().display());
+    let plain = tenant_with_token(data.path(), "plain", &["--root", &root]);
+    let secret = "crl_builder_0123456789abcdef";
+    let config = data.path().join("corral.toml");
+    let declare = |commands: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[tenants.builder]\n{commands}\ntokens = [{{ sha256 = \"{}\" }}]\n[tenants.builder.roots]\nrepo = \"{}\"\n",
+                token_sha256(secret),
+                repo.path().display()
+            ),
+        )
+        .unwrap();
+    };
+    declare("commands = [\"sh\"]");
+    let config_flag = ["--config", config.to_str().unwrap()];
+    let mut server = TestServer::start(data.path(), &config_flag, &[]);
+    let script = "const out = tools.run('sh', ['-c', 'echo jailed']); return out.stdout";
+    let run = |commands: Value| json!({"script": script, "root": "repo", "limits": {"allow_run": commands}});
+
+    // A tenant without the setting may run no command, nor plan a run that would.
+    let api = server.client(&plain);
+    for path in ["/v1/runs", "/v1/runs?plan=true"] {
+        let refused = api.post(path, &run(json!(["sh"])));
+        assert_error(&refused, 400, "command_not_allowed");
+        let message = refused.json["message"].as_str().unwrap();
+        for part in ["allow_run asks for sh", "`commands`", "[tenants.plain]"] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
+        assert_eq!(refused.json["commands"], json!(["sh"]));
+    }
+    assert_eq!(api.get("/v1/runs").json["runs"], json!([]));
+
+    // With it, the commands it lists run (in the jail), and only those.
+    let builder = server.client(secret);
+    let id = builder.submit(&run(json!(["sh"])));
+    let detail = builder.wait(&id);
+    assert_eq!(detail["status"], "succeeded", "{detail}");
+    assert_eq!(
+        builder.get(&format!("/v1/runs/{id}/result")).json["result"],
+        "jailed\n"
+    );
+    let more = builder.post("/v1/runs", &run(json!(["sh", "bash"])));
+    assert_error(&more, 400, "command_not_allowed");
+    assert_eq!(more.json["commands"], json!(["bash"]), "{}", more.text);
+    assert!(more.text.contains("allows sh"), "{}", more.text);
+    drop(builder);
+
+    // The setting is checked again when a run resumes: taken away, its runs cannot run again.
+    let status = server.terminate();
+    assert!(status.success(), "the server exited with {status}");
+    declare("");
+    let server = TestServer::start(data.path(), &config_flag, &[]);
+    let builder = server.client(secret);
+    let resumed = builder.post(&format!("/v1/runs/{id}/resume"), &json!({}));
+    assert_error(&resumed, 400, "command_not_allowed");
+    assert!(resumed.text.contains("allows none"), "{}", resumed.text);
 }

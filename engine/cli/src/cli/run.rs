@@ -221,7 +221,8 @@ pub struct RunArgs {
     /// Wall-clock limit of one command (a call's timeoutMs may only lower it), e.g. 60s.
     #[arg(long, default_value_t = Dur(defaults().commands.max_command_time))]
     pub max_command_time: Dur,
-    /// Address space of each process of a command.
+    /// Memory of a command: the address space of each of its processes, and the resident memory
+    /// of all of them together (sampled every 20 ms; past it the command is killed).
     #[arg(long, default_value_t = Size(defaults().commands.max_command_memory as usize))]
     pub max_command_memory: Size,
     /// Processes a command may start.
@@ -637,7 +638,11 @@ fn staged(
     let files = if count == 1 { "file" } else { "files" };
     match (args.apply, succeeded, &args.root) {
         (true, true, Some(root)) => {
-            let applied = corral_host::tools::apply(root, changes, &[])
+            let grant = corral_host::tools::WriteGrant::parse(
+                args.allow_write.as_deref().unwrap_or_default(),
+            )
+            .map_err(|error| anyhow!("--apply: {error}"))?;
+            let applied = corral_host::tools::apply(root, changes, &[], &grant)
                 .map_err(|error| anyhow!("--apply: {error}"))?;
             super::changes::report(&applied);
         }

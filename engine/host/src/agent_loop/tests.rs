@@ -128,6 +128,7 @@ fn request(schema: Option<Value>) -> AgentRequest {
         output_floor: None,
         max_turns: DEFAULT_MAX_TURNS,
         timeout: None,
+        isolated: false,
     }
 }
 
@@ -139,6 +140,7 @@ fn context(provider: Arc<dyn Provider>, budget: Option<u64>) -> AgentContext {
         events: Arc::new(crate::events::NoEvents),
         schema_attempts: crate::agent_loop::MAX_SCHEMA_ATTEMPTS,
         pause: None,
+        commands: Default::default(),
     }
 }
 

@@ -4,16 +4,21 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+
 use super::RunState;
 use super::bindings::corral::workflow::agents::{
     AgentError, AgentOptions, AgentOutput, AgentRequest, CallId, Completion, Effort, Host,
+    Isolated as IsolatedChanges,
 };
+use super::bindings::corral::workflow::tools::{Change, ToolError};
 use super::bindings::corral::workflow::types::{Host as TypesHost, Usage};
 use crate::agent_loop::{self, DEFAULT_MAX_TURNS};
 use crate::limits::LimitExceeded;
 use crate::provider;
 use crate::scheduler::AgentOutcome;
 use crate::schema::OutputSchema;
+use crate::tools::Written;
 
 impl TypesHost for RunState {}
 
@@ -102,8 +107,17 @@ impl RunState {
                         )));
                     }
                 }
-                // Without a root there are no tools to narrow.
-                None if self.tools.is_some() => options.tools = Some(granted.clone()),
+                // Without a root there are no tools to narrow. A call that names none gets
+                // the read-only tools the manifest grants; writing and running must be named.
+                None if self.tools.is_some() => {
+                    options.tools = Some(
+                        granted
+                            .iter()
+                            .filter(|tool| agent_loop::AGENT_TOOLS.contains(&tool.as_str()))
+                            .cloned()
+                            .collect(),
+                    );
+                }
                 None => {}
             }
         }
@@ -124,6 +138,27 @@ impl RunState {
             agent_loop::check_tool_grant(tools)?;
             if self.tools.is_none() && !tools.is_empty() {
                 return Err(Denied("this run has no root directory, so agents cannot be granted tools (pass --root DIR)".to_string()));
+            }
+            let writes = self
+                .tools
+                .as_ref()
+                .is_some_and(|root| root.writes_granted());
+            if let Some(tool) = tools
+                .iter()
+                .find(|tool| matches!(tool.as_str(), "write" | "edit"))
+                && !writes
+            {
+                return Err(Denied(format!(
+                    "the agent tool '{tool}' needs a run that grants writes: start it with \
+                     --allow-write (or --allow-write=GLOB)"
+                )));
+            }
+            if tools.iter().any(|tool| tool == "run") && limits.allow_run.is_empty() {
+                return Err(Denied(
+                    "the agent tool 'run' needs a run that grants commands: start it with \
+                     --allow-run=CMD,…"
+                        .to_string(),
+                ));
             }
         }
         let max_tokens = options.max_tokens.unwrap_or(limits.max_output_tokens);
@@ -164,6 +199,7 @@ impl RunState {
             timeout: options
                 .timeout_ms
                 .map(|ms| Duration::from_millis(u64::from(ms))),
+            isolated: false,
         })
     }
 
@@ -172,7 +208,30 @@ impl RunState {
         prompt: String,
         options: AgentOptions,
     ) -> Result<CallId, agent_loop::AgentError> {
-        let request = self.agent_request(prompt, options)?;
+        self.start_call_as(prompt, options, false)
+    }
+
+    fn start_call_as(
+        &mut self,
+        prompt: String,
+        options: AgentOptions,
+        isolated: bool,
+    ) -> Result<CallId, agent_loop::AgentError> {
+        let mut request = self.agent_request(prompt, options)?;
+        if isolated {
+            if !self
+                .tools
+                .as_ref()
+                .is_some_and(|root| root.writes_granted())
+            {
+                return Err(agent_loop::AgentError::Denied(
+                    "isolation: 'worktree' needs a run that grants writes (start it with \
+                     --allow-write), or the agent has nothing to isolate"
+                        .to_string(),
+                ));
+            }
+            request.isolated = true;
+        }
         self.scheduler.start(request)
     }
 
@@ -188,16 +247,170 @@ impl RunState {
         Ok(())
     }
 
-    /// Waits on the scheduler; the time spent suspended is not the guest's CPU time.
+    /// Waits on the scheduler; the time spent suspended is not the guest's CPU time. The
+    /// changes of isolated calls that finished are kept aside for the script to keep or drop.
     async fn collect(&mut self, ids: &[CallId]) -> Vec<(u64, AgentOutcome)> {
         let began = Instant::now();
         let done = self.scheduler.wait(ids).await;
         self.cpu.add_suspended(began.elapsed());
+        for (id, outcome) in &done {
+            if let Some(since) = self.scheduler.take_isolation(*id)
+                && let Ok(output) = outcome
+            {
+                let max = self.limits.tools.max_staged_bytes;
+                self.isolated.hold(*id, output.changes.clone(), since, max);
+            }
+        }
         done
+    }
+
+    fn isolated_changes_of(&self, id: CallId) -> Result<&Held, ToolError> {
+        match self.isolated.calls.get(&id) {
+            Some(Ok(held)) => Ok(held),
+            Some(Err(limit)) => Err(ToolError::Limit(limit.clone())),
+            None => Err(ToolError::InvalidInput(format!(
+                "agent call {id} has no isolated changes waiting: it was not started with \
+                 isolation, has not finished (wait for it first), or its changes were already \
+                 kept or dropped"
+            ))),
+        }
+    }
+}
+
+/// The changes of one finished isolated call, waiting.
+#[derive(Debug)]
+pub(crate) struct Held {
+    written: Vec<Written>,
+    /// The run's changeset generation its overlay started from.
+    since: u64,
+    bytes: u64,
+}
+
+/// Finished isolated calls whose changes wait, under `--max-staged-bytes` together.
+#[derive(Debug, Default)]
+pub(crate) struct Isolated {
+    /// By call id: the changes, or why they could not be held.
+    calls: HashMap<CallId, Result<Held, String>>,
+    bytes: u64,
+}
+
+impl Isolated {
+    fn hold(&mut self, id: CallId, written: Vec<Written>, since: u64, max: u64) {
+        let bytes: u64 = written
+            .iter()
+            .map(|w| w.content.as_ref().map_or(0, |c| c.len() as u64))
+            .sum();
+        let held = if self.bytes + bytes > max {
+            Err(format!(
+                "the changes of isolated agent call {id} ({bytes} bytes) were dropped: with those \
+                 waiting already they would take more than --max-staged-bytes ({max}): keep or \
+                 drop isolated changes as their calls finish"
+            ))
+        } else {
+            self.bytes += bytes;
+            Ok(Held {
+                written,
+                since,
+                bytes,
+            })
+        };
+        self.calls.insert(id, held);
+    }
+
+    fn release(&mut self, id: CallId) -> Option<Held> {
+        match self.calls.remove(&id)? {
+            Ok(held) => {
+                self.bytes -= held.bytes;
+                Some(held)
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Calls whose changes still wait (for the run's end).
+    pub(crate) fn waiting(&self) -> usize {
+        self.calls.values().filter(|held| held.is_ok()).count()
     }
 }
 
 impl Host for RunState {
+    fn start_isolated(
+        &mut self,
+        prompt: String,
+        options: AgentOptions,
+    ) -> wasmtime::Result<Result<CallId, AgentError>> {
+        Ok(self
+            .start_call_as(prompt, options, true)
+            .map_err(to_wit_error))
+    }
+
+    async fn isolated_changes(
+        &mut self,
+        id: CallId,
+    ) -> wasmtime::Result<Result<IsolatedChanges, ToolError>> {
+        let held = match self.isolated_changes_of(id) {
+            Ok(held) => held,
+            Err(error) => return Ok(Err(error)),
+        };
+        let Some(root) = self.tools.clone() else {
+            return Ok(Err(ToolError::Denied(
+                "this run has no root directory".to_string(),
+            )));
+        };
+        let written = held.written.clone();
+        let began = Instant::now();
+        let preview = tokio::task::spawn_blocking(move || root.preview(&written)).await;
+        self.cpu.add_suspended(began.elapsed());
+        let (files, diff) =
+            preview.map_err(|error| wasmtime::format_err!("tool call failed: {error}"))?;
+        Ok(Ok(IsolatedChanges {
+            files: files
+                .into_iter()
+                .map(|change| Change {
+                    path: change.path,
+                    kind: change.kind.as_str().to_string(),
+                    bytes: change.bytes,
+                })
+                .collect(),
+            diff,
+        }))
+    }
+
+    async fn keep_changes(
+        &mut self,
+        id: CallId,
+    ) -> wasmtime::Result<Result<Vec<String>, ToolError>> {
+        if let Err(error) = self.isolated_changes_of(id) {
+            return Ok(Err(error));
+        }
+        let Some(root) = self.tools.clone() else {
+            return Ok(Err(ToolError::Denied(
+                "this run has no root directory".to_string(),
+            )));
+        };
+        let held = self.isolated.release(id).expect("checked above");
+        let (written, since) = (held.written.clone(), held.since);
+        let began = Instant::now();
+        let kept = tokio::task::spawn_blocking(move || root.keep(&written, since)).await;
+        self.cpu.add_suspended(began.elapsed());
+        let kept = kept.map_err(|error| wasmtime::format_err!("tool call failed: {error}"))?;
+        match kept {
+            Ok(paths) => Ok(Ok(paths)),
+            Err(error) => {
+                // Nothing moved: the changes still wait.
+                let max = self.limits.tools.max_staged_bytes;
+                self.isolated.hold(id, held.written, held.since, max);
+                Ok(Err(super::tools::to_wit_error(error)))
+            }
+        }
+    }
+
+    fn discard_changes(&mut self, id: CallId) -> wasmtime::Result<()> {
+        self.isolated.release(id);
+        self.isolated.calls.remove(&id);
+        Ok(())
+    }
+
     fn start(
         &mut self,
         prompt: String,

@@ -33,6 +33,8 @@ pub(crate) mod bindings {
             "corral:workflow/agents.wait": async | trappable,
             "corral:workflow/agents.call": async | trappable,
             "corral:workflow/agents.parallel": async | trappable,
+            "corral:workflow/agents.isolated-changes": async | trappable,
+            "corral:workflow/agents.keep-changes": async | trappable,
             "corral:workflow/tools": async | trappable,
             default: trappable,
         },
@@ -60,6 +62,8 @@ pub(crate) struct RunState {
     pub(crate) schemas: std::collections::HashMap<String, Arc<crate::schema::OutputSchema>>,
     /// Prompt and schema bytes of the agent calls accepted so far (`--max-run-prompt-bytes`).
     pub(crate) prompt_bytes: usize,
+    /// Finished isolated calls whose changes wait for `keep-changes` or `discard-changes`.
+    pub(crate) isolated: agents::Isolated,
     /// wasi:http, every request denied (see `wasi.rs`).
     pub(crate) http: wasmtime_wasi_http::WasiHttpCtx,
     pub(crate) http_hooks: wasi::DenyHttp,

@@ -239,7 +239,7 @@ impl RunState {
     }
 }
 
-fn to_wit_error(error: tools::ToolError) -> ToolError {
+pub(super) fn to_wit_error(error: tools::ToolError) -> ToolError {
     use tools::ToolError as E;
     match error {
         E::Denied(m) => ToolError::Denied(m),

@@ -13,6 +13,7 @@ fn scheduler(provider: Arc<SimProvider>, max_concurrent: usize, max_agents: u64)
         events: Arc::new(NoEvents),
         schema_attempts: crate::agent_loop::MAX_SCHEMA_ATTEMPTS,
         pause: None,
+        commands: Default::default(),
     };
     AgentScheduler::new(context, max_concurrent, max_agents, Arc::new(NoEvents))
 }
@@ -123,6 +124,7 @@ async fn a_panic_in_an_agent_fails_that_call_at_once() {
         events: Arc::new(NoEvents),
         schema_attempts: crate::agent_loop::MAX_SCHEMA_ATTEMPTS,
         pause: None,
+        commands: Default::default(),
     };
     let mut scheduler = AgentScheduler::new(context, 4, 10, Arc::new(NoEvents));
     let id = scheduler.start(request("x")).unwrap();
@@ -154,6 +156,7 @@ async fn agents_that_fit_one_after_another_all_finish_under_a_budget_too_small_f
         events: Arc::new(NoEvents),
         schema_attempts: crate::agent_loop::MAX_SCHEMA_ATTEMPTS,
         pause: None,
+        commands: Default::default(),
     };
     let ledger = Arc::clone(&context.ledger);
     let mut scheduler = AgentScheduler::new(context, 16, 1000, Arc::new(NoEvents));

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// What the write grant of a run allows: nothing (the default), or the paths matching its globs.
 #[derive(Debug, Clone, Default)]
@@ -54,8 +54,13 @@ impl WriteGrant {
         })
     }
 
+    /// Whether any path may be written.
+    pub fn grants_any(&self) -> bool {
+        self.globs.is_some()
+    }
+
     /// Why `rel` may not be written, if it may not.
-    fn check(&self, shown: &str, rel: &str) -> Result<(), ToolError> {
+    pub(super) fn check(&self, shown: &str, rel: &str) -> Result<(), ToolError> {
         match &self.globs {
             None => Err(ToolError::Denied(format!(
                 "writing {shown:?} is denied: this run grants no writes (start it with \
@@ -144,6 +149,9 @@ pub(super) struct Changeset {
     bytes: u64,
     /// Bumped on every change, so that a materialised view knows when it is stale.
     generation: u64,
+    /// The generation at which each path ever staged last changed (reverts included): what an
+    /// agent's write is checked against, so that concurrent edits never interleave silently.
+    changed_at: std::collections::HashMap<String, u64>,
 }
 
 /// What a read of a path finds in the changeset.
@@ -168,25 +176,22 @@ impl Changeset {
         }
     }
 
-    /// Staged paths the root does not have (new files), with their content.
-    pub(super) fn added(&self) -> impl Iterator<Item = (&str, &Arc<[u8]>)> {
-        self.entries
-            .iter()
-            .filter_map(|(path, staged)| match staged {
-                Staged {
-                    base: None,
-                    content: Some(content),
-                } => Some((path.as_str(), content)),
-                _ => None,
-            })
-    }
-
     pub(super) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     pub(super) fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The generation at which `rel` last changed in this changeset (0: never).
+    fn version(&self, rel: &str) -> u64 {
+        self.changed_at.get(rel).copied().unwrap_or(0)
+    }
+
+    fn bump(&mut self, rel: &str) {
+        self.generation += 1;
+        self.changed_at.insert(rel.to_string(), self.generation);
     }
 
     /// Every staged path with its content (`None`: removed).
@@ -202,20 +207,40 @@ impl ToolRoot {
     pub fn write(&self, path: &str, text: &str) -> Result<(), ToolError> {
         let _call = self.clock.begin("write")?;
         let rel = self.writable(path)?;
-        self.stage(path, &rel, Some(text.as_bytes().into()))
+        self.stage(path, &rel, Some(text.as_bytes().into()), None)
+            .map(drop)
     }
 
     /// Replaces the one occurrence of `old` in `path` (as this run sees it) by `new`.
     pub fn edit(&self, path: &str, old: &str, new: &str) -> Result<(), ToolError> {
         let _call = self.clock.begin("edit")?;
         let rel = self.writable(path)?;
+        let version = self.version(&rel);
+        self.edit_at(path, &rel, old, new, version).map(drop)
+    }
+
+    /// [`ToolRoot::edit`] of the normalised `rel`, staged only if the path is still at
+    /// `version` (another writer in between is a conflict, never a silent interleaving).
+    fn edit_at(
+        &self,
+        path: &str,
+        rel: &str,
+        old: &str,
+        new: &str,
+        version: u64,
+    ) -> Result<u64, ToolError> {
         if old.is_empty() {
             return Err(ToolError::InvalidInput(format!(
                 "edit of {path:?}: the text to replace is empty: give the exact text to replace \
                  (use write to replace the whole file)"
             )));
         }
-        let current = confine::lossy(self.current(path, &rel)?.to_vec());
+        let Ok(current) = String::from_utf8(self.current(path, rel)?.to_vec()) else {
+            return Err(ToolError::InvalidInput(format!(
+                "edit of {path:?}: the file is not UTF-8 text, and edits work on text: write its \
+                 whole new content instead"
+            )));
+        };
         let mut found = current.match_indices(old);
         let Some((at, _)) = found.next() else {
             return Err(ToolError::InvalidInput(format!(
@@ -235,15 +260,22 @@ impl ToolRoot {
         edited.push_str(&current[..at]);
         edited.push_str(new);
         edited.push_str(&current[at + old.len()..]);
-        self.stage(path, &rel, Some(edited.as_bytes().into()))
+        self.stage(path, rel, Some(edited.as_bytes().into()), Some(version))
     }
 
     /// Stages the removal of `path`, which must exist as this run sees it.
     pub fn remove(&self, path: &str) -> Result<(), ToolError> {
         let _call = self.clock.begin("remove")?;
         let rel = self.writable(path)?;
-        self.current(path, &rel)?;
-        self.stage(path, &rel, None)
+        match self.overlay(&rel) {
+            Overlay::Staged(_) => {}
+            Overlay::Removed => return Err(removed(path)),
+            // Its metadata is enough: a file too large to read can still be removed.
+            Overlay::Root => {
+                confine::open_regular(&self.inner.dir, path, &rel)?;
+            }
+        }
+        self.stage(path, &rel, None, None).map(drop)
     }
 
     /// Drops what is staged for `path`; the root's content shows again. Nothing staged is fine.
@@ -253,7 +285,7 @@ impl ToolRoot {
         let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = changes.entries.remove(&rel) {
             changes.bytes -= old.content.map_or(0, |c| c.len() as u64);
-            changes.generation += 1;
+            changes.bump(&rel);
         }
         Ok(())
     }
@@ -286,12 +318,194 @@ impl ToolRoot {
             .collect()
     }
 
-    /// The content of `path` as this run sees it: staged, or the root's.
+    /// The version of `rel` in the changeset (see [`Changeset::version`]).
+    fn version(&self, rel: &str) -> u64 {
+        self.changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .version(rel)
+    }
+
+    /// A writer session for one agent call: its reads and writes are checked against what other
+    /// writers did since it started (see [`WriteSession`]).
+    pub fn session(&self) -> WriteSession {
+        WriteSession {
+            started: self
+                .changes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .generation,
+            seen: Default::default(),
+            written: Default::default(),
+        }
+    }
+
+    /// Reads `path` for an agent, remembering the version it saw.
+    pub fn read_in(&self, session: &WriteSession, path: &str) -> Result<String, ToolError> {
+        let version = confine::normalize(path).map(|rel| (self.version(&rel), rel));
+        let text = self.read(path)?;
+        if let Ok((version, rel)) = version {
+            session.saw(&rel, version);
+        }
+        Ok(text)
+    }
+
+    /// Writes `path` for an agent: a conflict if another writer changed it since the agent
+    /// started and the agent has not read it since.
+    pub fn write_in(
+        &self,
+        session: &WriteSession,
+        path: &str,
+        text: &str,
+    ) -> Result<(), ToolError> {
+        let _call = self.clock.begin("write")?;
+        let rel = self.writable(path)?;
+        let version = session.check(path, &rel, self.version(&rel))?;
+        let content: Arc<[u8]> = text.as_bytes().into();
+        let now = self.stage(path, &rel, Some(Arc::clone(&content)), Some(version))?;
+        session.wrote(&rel, now, Some(content));
+        Ok(())
+    }
+
+    /// Edits `path` for an agent, under the same conflict rule as [`ToolRoot::write_in`].
+    pub fn edit_in(
+        &self,
+        session: &WriteSession,
+        path: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<(), ToolError> {
+        let _call = self.clock.begin("edit")?;
+        let rel = self.writable(path)?;
+        let version = session.check(path, &rel, self.version(&rel))?;
+        let now = self.edit_at(path, &rel, old, new, version)?;
+        let content = match self.overlay(&rel) {
+            Overlay::Staged(content) => Some(content),
+            _ => None,
+        };
+        session.wrote(&rel, now, content);
+        Ok(())
+    }
+
+    /// The changeset's generation: bumped by every change.
+    pub fn generation(&self) -> u64 {
+        self.changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation
+    }
+
+    /// A copy of this run's root whose changeset starts as the run's does now and then goes its
+    /// own way (an isolated agent's overlay), with the generation it starts from.
+    pub fn isolated(&self) -> (ToolRoot, u64) {
+        let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let copy = Changeset {
+            entries: changes.entries.clone(),
+            bytes: changes.bytes,
+            generation: changes.generation,
+            changed_at: changes.changed_at.clone(),
+        };
+        let generation = changes.generation;
+        drop(changes);
+        (
+            ToolRoot {
+                inner: Arc::clone(&self.inner),
+                clock: Arc::clone(&self.clock),
+                changes: Arc::new(Mutex::new(copy)),
+                write_grant: Arc::clone(&self.write_grant),
+                view: Arc::default(),
+                read_hashes: Arc::clone(&self.read_hashes),
+            },
+            generation,
+        )
+    }
+
+    /// What `written` (an isolated call's changes) would do to the run's changeset now, and a
+    /// unified diff of it against what the run sees.
+    pub fn preview(&self, written: &[Written]) -> (Vec<Change>, String) {
+        let mut files = Vec::new();
+        let mut diff = String::new();
+        for change in written {
+            let rel = change.path.as_str();
+            let now = match self.overlay(rel) {
+                Overlay::Staged(content) => Some(content.to_vec()),
+                Overlay::Removed => None,
+                Overlay::Root => self.read_bytes(rel, rel).ok(),
+            };
+            let kind = match (&now, &change.content) {
+                (_, None) => ChangeKind::Removed,
+                (None, Some(_)) => ChangeKind::Added,
+                (Some(_), Some(_)) => ChangeKind::Modified,
+            };
+            files.push(Change {
+                path: change.path.clone(),
+                kind,
+                bytes: change.content.as_ref().map_or(0, |c| c.len() as u64),
+            });
+            unified(
+                &mut diff,
+                rel,
+                now.as_deref(),
+                change.content.as_deref().map(str::as_bytes),
+            );
+        }
+        (files, diff)
+    }
+
+    /// Stages an isolated call's changes into this (the run's) changeset, all or none: a path
+    /// changed here after generation `since` is a conflict.
+    pub fn keep(&self, written: &[Written], since: u64) -> Result<Vec<String>, ToolError> {
+        let changed: Vec<&str> = {
+            let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+            written
+                .iter()
+                .map(|w| w.path.as_str())
+                .filter(|path| changes.version(path) > since)
+                .collect()
+        };
+        if !changed.is_empty() {
+            return Err(ToolError::InvalidInput(format!(
+                "conflict: the run's changes to {} were made after the isolated agent started, \
+                 so its changes were not kept (they still wait): drop them, or run the agent \
+                 again on the current files",
+                changed.join(", ")
+            )));
+        }
+        self.restage(written)?;
+        Ok(written.iter().map(|w| w.path.clone()).collect())
+    }
+
+    /// Stages again what a recorded agent call wrote (a replayed call's changes), under the same
+    /// path rules and limits as any write.
+    pub fn restage(&self, written: &[Written]) -> Result<(), ToolError> {
+        for change in written {
+            let rel = self.writable(&change.path)?;
+            let content = change.content.as_deref().map(|text| text.as_bytes().into());
+            self.stage(&change.path, &rel, content, None)?;
+        }
+        Ok(())
+    }
+
+    /// The content of `path` as this run sees it: staged, or the root's (remembered as read).
     fn current(&self, shown: &str, rel: &str) -> Result<Arc<[u8]>, ToolError> {
         match self.overlay(rel) {
             Overlay::Staged(content) => Ok(content),
             Overlay::Removed => Err(removed(shown)),
-            Overlay::Root => Ok(self.read_bytes(shown, rel)?.into()),
+            Overlay::Root => {
+                let bytes = self.read_bytes(shown, rel)?;
+                self.served(rel, &bytes);
+                Ok(bytes.into())
+            }
+        }
+    }
+
+    /// Remembers the hash of the root's content of `rel` the first time the run reads it: a
+    /// later write of the path is based on what the run read, so a root that changed in
+    /// between is a conflict, not an edit silently undone at apply time.
+    pub(super) fn served(&self, rel: &str, bytes: &[u8]) {
+        let mut read = self.read_hashes.lock().unwrap_or_else(|e| e.into_inner());
+        if !read.contains_key(rel) {
+            read.insert(rel.to_string(), Sha256::digest(bytes).into());
         }
     }
 
@@ -338,7 +552,9 @@ impl ToolRoot {
                 )));
             }
             if last && !meta.is_file() {
-                return Err(confine::not_regular(path));
+                return Err(ToolError::InvalidInput(format!(
+                    "cannot write {path:?}: it is a FIFO, socket or device, not a regular file"
+                )));
             }
             #[cfg(unix)]
             if last && cap_std::fs::MetadataExt::nlink(&meta) > 1 {
@@ -351,8 +567,15 @@ impl ToolRoot {
         Ok(rel)
     }
 
-    /// Stages `content` (`None`: removal) for `rel`, under the staging limits.
-    fn stage(&self, shown: &str, rel: &str, content: Option<Arc<[u8]>>) -> Result<(), ToolError> {
+    /// Stages `content` (`None`: removal) for `rel`, under the staging limits. With `expect`,
+    /// only if the path's version still is that (else a conflict), checked under the same lock.
+    fn stage(
+        &self,
+        shown: &str,
+        rel: &str,
+        content: Option<Arc<[u8]>>,
+        expect: Option<u64>,
+    ) -> Result<u64, ToolError> {
         let limits = &self.inner.limits;
         let size = content.as_ref().map_or(0, |c| c.len() as u64);
         if size > limits.max_write_bytes {
@@ -372,7 +595,24 @@ impl ToolRoot {
             .map(|s| s.base);
         let base = match known {
             Some(base) => base,
-            None => self.root_hash(shown, rel)?,
+            None => {
+                let base = self.root_hash(shown, rel)?;
+                let read = self
+                    .read_hashes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(rel)
+                    .copied();
+                if let Some(read) = read
+                    && base != Some(read)
+                {
+                    return Err(ToolError::InvalidInput(format!(
+                        "conflict: {shown:?} changed in the root after this run read it: read it \
+                         again and redo the change on its current content"
+                    )));
+                }
+                base
+            }
         };
         let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
         let old_size = changes
@@ -381,6 +621,31 @@ impl ToolRoot {
             .and_then(|s| s.content.as_ref())
             .map_or(0, |c| c.len() as u64);
         let is_new = !changes.entries.contains_key(rel);
+        if content.is_some() && is_new {
+            // A staged file cannot be a directory of another staged file, or the reverse.
+            let parent_staged = rel
+                .match_indices('/')
+                .map(|(at, _)| &rel[..at])
+                .find(|prefix| {
+                    changes
+                        .entries
+                        .get(*prefix)
+                        .is_some_and(|s| s.content.is_some())
+                });
+            let below = format!("{rel}/");
+            let child_staged = changes
+                .entries
+                .range(below.clone()..)
+                .take_while(|(path, _)| path.starts_with(&below))
+                .find(|(_, s)| s.content.is_some())
+                .map(|(path, _)| path.clone());
+            if let Some(clash) = parent_staged.map(str::to_string).or(child_staged) {
+                return Err(ToolError::InvalidInput(format!(
+                    "cannot write {shown:?}: the run has staged {clash:?}, and a path cannot be \
+                     both a file and a directory: revert one of them"
+                )));
+            }
+        }
         if is_new && changes.entries.len() >= limits.max_staged_files {
             return Err(ToolError::Limit(format!(
                 "writing {shown:?}: the run has already staged {} files, the limit: revert some \
@@ -396,8 +661,13 @@ impl ToolRoot {
                 limits.max_staged_bytes
             )));
         }
+        if let Some(expected) = expect
+            && changes.version(rel) != expected
+        {
+            return Err(conflict(shown));
+        }
         changes.bytes = total;
-        changes.generation += 1;
+        changes.bump(rel);
         if base.is_none() && content.is_none() {
             // Removing a file this run added leaves nothing to record.
             changes.entries.remove(rel);
@@ -406,7 +676,7 @@ impl ToolRoot {
                 .entries
                 .insert(rel.to_string(), Staged { content, base });
         }
-        Ok(())
+        Ok(changes.generation)
     }
 
     /// SHA-256 of the root's file at `rel`, or `None` when the root has none.
@@ -429,6 +699,75 @@ impl ToolRoot {
         }
         Ok(Some(hasher.finalize().into()))
     }
+}
+
+/// What one agent call wrote: the last content it staged per path (`None`: removed), journaled
+/// with the call so that a replayed call stages the same changes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Written {
+    /// Root-relative path with `/` separators.
+    pub path: String,
+    /// The text the call left there; `None`: it removed the file.
+    pub content: Option<String>,
+}
+
+/// One agent call's view of the changeset: when it started, the version of each path it read
+/// or wrote, and what it wrote. A write to a path another writer changed after the call started
+/// is refused unless the call has read the path's current version: two agents editing the same
+/// file never interleave silently; the second is told to read the file again.
+#[derive(Debug, Default)]
+pub struct WriteSession {
+    started: u64,
+    seen: Mutex<std::collections::HashMap<String, u64>>,
+    written: Mutex<BTreeMap<String, Option<Arc<[u8]>>>>,
+}
+
+impl WriteSession {
+    fn saw(&self, rel: &str, version: u64) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(rel.to_string(), version);
+    }
+
+    /// The version a write of `rel` may replace, or the conflict.
+    fn check(&self, shown: &str, rel: &str, current: u64) -> Result<u64, ToolError> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if current > self.started && seen.get(rel) != Some(&current) {
+            return Err(conflict(shown));
+        }
+        Ok(current)
+    }
+
+    fn wrote(&self, rel: &str, version: u64, content: Option<Arc<[u8]>>) {
+        self.saw(rel, version);
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(rel.to_string(), content);
+    }
+
+    /// What the call wrote, for the journal.
+    pub fn written(&self) -> Vec<Written> {
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(path, content)| Written {
+                path: path.clone(),
+                content: content
+                    .as_ref()
+                    .map(|c| String::from_utf8_lossy(c).into_owned()),
+            })
+            .collect()
+    }
+}
+
+fn conflict(shown: &str) -> ToolError {
+    ToolError::InvalidInput(format!(
+        "conflict: {shown:?} was changed by another writer of this run after you last read it: \
+         read it again, then redo your change on its current content"
+    ))
 }
 
 pub(super) fn removed(shown: &str) -> ToolError {
@@ -459,6 +798,9 @@ pub enum ApplyError {
     /// A `--path` names no staged change.
     #[error("{0}")]
     NotStaged(String),
+    /// A path may not be written now (the root changed under it: a symlink, a file in the way).
+    #[error("{0}")]
+    Refused(String),
     /// Writing failed part-way; the files listed in the message were written.
     #[error("{0}")]
     Io(String),
@@ -529,13 +871,17 @@ fn root_content(dir: &cap_std::fs::Dir, rel: &str) -> Result<Option<Vec<u8>>, Ap
     }
 }
 
-/// Writes the selected staged changes into `root`: first every base is checked against the
-/// root (any mismatch refuses the whole apply, listing the files), then each file is written
-/// atomically (a temporary file in the same directory, renamed over the old one).
+/// Writes the selected staged changes into `root`. First every path is checked again (the path
+/// rules of writes and the run's `grant`; every directory on the way must be a real directory,
+/// not a symlink, and the file itself not a symlink) and every base is compared with the root:
+/// any mismatch refuses the whole apply, listing the files. Then each file is written
+/// atomically (a new temporary file in the same directory, renamed over the old one, keeping the
+/// old file's permissions).
 pub fn apply(
     root: &Path,
     changes: &[StagedChange],
     only: &[String],
+    grant: &WriteGrant,
 ) -> Result<Applied, ApplyError> {
     let dir = cap_std::fs::Dir::open_ambient_dir(root, cap_std::ambient_authority())
         .map_err(|e| ApplyError::Io(format!("cannot open the root {}: {e}", root.display())))?;
@@ -544,6 +890,7 @@ pub fn apply(
     let mut todo = Vec::new();
     let mut applied = Applied::default();
     for change in selected {
+        check_target(&dir, &change.path, grant)?;
         let current = root_content(&dir, &change.path)?;
         let target = change.content.as_deref();
         if current.as_deref() == target {
@@ -562,7 +909,8 @@ pub fn apply(
     for change in todo {
         let written = match &change.content {
             Some(content) => write_atomic(&dir, &change.path, content),
-            None => dir.remove_file(&change.path),
+            None => parent_of(&dir, &change.path, false)
+                .and_then(|(parent, name)| parent.remove_file(name)),
         };
         if let Err(error) = written {
             let done = if applied.applied.is_empty() {
@@ -580,25 +928,104 @@ pub fn apply(
     Ok(applied)
 }
 
-fn write_atomic(dir: &cap_std::fs::Dir, rel: &str, content: &[u8]) -> std::io::Result<()> {
-    let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-    if !parent.is_empty() {
-        dir.create_dir_all(parent)?;
+/// Checks a stored path again before it is written: normalised, not into `.git`, inside the
+/// grant, and no symlink on the way or at the end (the root may have changed since the run).
+fn check_target(dir: &cap_std::fs::Dir, path: &str, grant: &WriteGrant) -> Result<(), ApplyError> {
+    let refuse =
+        |why: String| ApplyError::Refused(format!("{path:?}: {why} (nothing was applied)"));
+    let rel = confine::normalize(path).map_err(|e| refuse(e.to_string()))?;
+    if rel != path || rel.is_empty() {
+        return Err(refuse(
+            "not a normalised path relative to the root".to_string(),
+        ));
     }
-    let temp = if parent.is_empty() {
-        format!(".{name}.corral-apply-{}", std::process::id())
-    } else {
-        format!("{parent}/.{name}.corral-apply-{}", std::process::id())
+    if rel.split('/').any(|part| part.eq_ignore_ascii_case(".git")) {
+        return Err(refuse("it is inside a .git directory".to_string()));
+    }
+    grant.check(path, &rel).map_err(|e| refuse(e.to_string()))?;
+    let parts: Vec<&str> = rel.split('/').collect();
+    for depth in 1..=parts.len() {
+        let prefix = parts[..depth].join("/");
+        match dir.symlink_metadata(&prefix) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(refuse(format!(
+                    "{prefix:?} is now a symlink in the root, and applying never writes through one"
+                )));
+            }
+            Ok(meta) if depth < parts.len() && !meta.is_dir() => {
+                return Err(refuse(format!(
+                    "{prefix:?} is now a file in the root, not a directory"
+                )));
+            }
+            Ok(meta) if depth == parts.len() && meta.is_dir() => {
+                return Err(refuse("it is now a directory in the root".to_string()));
+            }
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => break,
+            Err(error) => return Err(ApplyError::Io(format!("cannot check {prefix:?}: {error}"))),
+        }
+    }
+    Ok(())
+}
+
+/// The directory holding `rel`, opened one real directory at a time (never through a symlink),
+/// creating missing ones when `create`; and the file's name in it.
+fn parent_of<'a>(
+    dir: &cap_std::fs::Dir,
+    rel: &'a str,
+    create: bool,
+) -> std::io::Result<(cap_std::fs::Dir, &'a str)> {
+    let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let mut current = dir.try_clone()?;
+    for part in parent.split('/').filter(|p| !p.is_empty()) {
+        match current.symlink_metadata(part) {
+            Ok(meta) if meta.is_dir() && !meta.file_type().is_symlink() => {}
+            Ok(_) => {
+                return Err(std::io::Error::other(format!(
+                    "{part:?} on the way to {rel:?} is not a directory"
+                )));
+            }
+            Err(error) if create && error.kind() == std::io::ErrorKind::NotFound => {
+                current.create_dir(part)?;
+            }
+            Err(error) => return Err(error),
+        }
+        current = current.open_dir(part)?;
+    }
+    Ok((current, name))
+}
+
+fn write_atomic(dir: &cap_std::fs::Dir, rel: &str, content: &[u8]) -> std::io::Result<()> {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let (parent, name) = parent_of(dir, rel, true)?;
+    // The old file's permissions (an executable stays executable).
+    let permissions = match parent.symlink_metadata(name) {
+        Ok(meta) if meta.is_file() => Some(meta.permissions()),
+        _ => None,
     };
+    let unique = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let temp = format!(
+        ".{name}.corral-apply-{}-{unique}-{nanos}",
+        std::process::id()
+    );
     let result = (|| {
-        let mut file = dir.create(&temp)?;
+        // A new file, never an existing one (nor what a symlink of that name points to).
+        let mut options = cap_std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        let mut file = parent.open_with(&temp, &options)?;
         file.write_all(content)?;
+        if let Some(permissions) = permissions {
+            file.set_permissions(permissions)?;
+        }
         file.sync_all()?;
         drop(file);
-        dir.rename(&temp, dir, rel)
+        parent.rename(&temp, &parent, name)
     })();
     if result.is_err() {
-        let _ = dir.remove_file(&temp);
+        let _ = parent.remove_file(&temp);
     }
     result
 }
@@ -610,36 +1037,46 @@ pub fn diff(root: &Path, changes: &[StagedChange]) -> Result<String, ApplyError>
     let mut out = String::new();
     for change in changes {
         let old = root_content(&dir, &change.path)?;
-        let new = change.content.as_deref();
-        if old.as_deref() == new {
-            continue;
-        }
-        let path = &change.path;
-        let _ = writeln!(out, "diff --corral a/{path} b/{path}");
-        let old_name = if old.is_some() {
-            format!("a/{path}")
-        } else {
-            "/dev/null".into()
-        };
-        let new_name = if new.is_some() {
-            format!("b/{path}")
-        } else {
-            "/dev/null".into()
-        };
-        if old.as_deref().is_some_and(|b| b.contains(&0)) || new.is_some_and(|b| b.contains(&0)) {
-            let _ = writeln!(out, "Binary files {old_name} and {new_name} differ");
-            continue;
-        }
-        let a = String::from_utf8_lossy(old.as_deref().unwrap_or_default());
-        let b = String::from_utf8_lossy(new.unwrap_or_default());
-        let text = similar::TextDiff::configure()
-            .algorithm(similar::Algorithm::Myers)
-            .timeout(std::time::Duration::from_secs(2))
-            .diff_lines(a.as_ref(), b.as_ref());
-        let _ = writeln!(out, "--- {old_name}\n+++ {new_name}");
-        for hunk in text.unified_diff().context_radius(3).iter_hunks() {
-            let _ = write!(out, "{hunk}");
-        }
+        unified(
+            &mut out,
+            &change.path,
+            old.as_deref(),
+            change.content.as_deref(),
+        );
     }
     Ok(out)
+}
+
+/// Appends the diff of `path` from `old` to `new` (`None`: no such file) to `out`; nothing when
+/// they are the same.
+fn unified(out: &mut String, path: &str, old: Option<&[u8]>, new: Option<&[u8]>) {
+    if old == new {
+        return;
+    }
+    let _ = writeln!(out, "diff --corral a/{path} b/{path}");
+    let old_name = if old.is_some() {
+        format!("a/{path}")
+    } else {
+        "/dev/null".into()
+    };
+    let new_name = if new.is_some() {
+        format!("b/{path}")
+    } else {
+        "/dev/null".into()
+    };
+    let binary = |bytes: &[u8]| bytes.contains(&0) || std::str::from_utf8(bytes).is_err();
+    if old.is_some_and(binary) || new.is_some_and(binary) {
+        let _ = writeln!(out, "Binary files {old_name} and {new_name} differ");
+        return;
+    }
+    let a = String::from_utf8_lossy(old.unwrap_or_default());
+    let b = String::from_utf8_lossy(new.unwrap_or_default());
+    let text = similar::TextDiff::configure()
+        .algorithm(similar::Algorithm::Myers)
+        .timeout(std::time::Duration::from_secs(2))
+        .diff_lines(a.as_ref(), b.as_ref());
+    let _ = writeln!(out, "--- {old_name}\n+++ {new_name}");
+    for hunk in text.unified_diff().context_radius(3).iter_hunks() {
+        let _ = write!(out, "{hunk}");
+    }
 }

@@ -6,6 +6,8 @@ use super::walk::{self, Mode, Pattern};
 use super::{GrepMatch, GrepOptions, ToolError, ToolRoot, confine, output_limit};
 use grep_regex::RegexMatcherBuilder;
 use grep_searcher::{BinaryDetection, Searcher, SearcherBuilder, Sink, SinkMatch};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
@@ -132,15 +134,18 @@ pub(super) fn grep(
     };
     let mut out_bytes = 0usize;
     let base = root.path();
-    // Files the run staged that the root does not have are searched after the walk.
-    let added: Vec<(String, Arc<[u8]>)> = {
+    // Staged files the walk does not meet (new files, and files the root has lost since) are
+    // searched after it; hidden paths are left out as the walk leaves them out.
+    let remaining: RefCell<BTreeMap<String, Arc<[u8]>>> = RefCell::new({
         let staged = root.changes.lock().unwrap_or_else(|e| e.into_inner());
         staged
-            .added()
+            .entries()
+            .filter_map(|(path, content)| Some((path, content?)))
+            .filter(|(path, _)| !walk::is_hidden(path))
             .filter(|(path, _)| filter.as_ref().is_none_or(|f| f.is_match(Path::new(path))))
             .map(|(path, content)| (path.to_string(), Arc::clone(content)))
             .collect()
-    };
+    });
     let walked = walk::walker(root, call, Mode::Search, filter.as_ref()).map(|entry| {
         entry.map(|entry| {
             let rel = entry.path().strip_prefix(base).ok()?;
@@ -151,6 +156,7 @@ pub(super) fn grep(
                 return None;
             }
             let rel = rel.to_str()?.to_string();
+            remaining.borrow_mut().remove(&rel);
             Some(match root.overlay(&rel) {
                 Overlay::Root => Source::File(rel),
                 Overlay::Staged(content) => Source::Staged(rel, content),
@@ -158,11 +164,11 @@ pub(super) fn grep(
             })
         })
     });
-    let sources = walked.chain(
-        added
-            .into_iter()
-            .map(|(path, content)| Ok(Some(Source::Staged(path, content)))),
-    );
+    let rest = std::iter::from_fn(|| {
+        let (path, content) = remaining.borrow_mut().pop_first()?;
+        Some(Ok(Some(Source::Staged(path, content))))
+    });
+    let sources = walked.chain(rest);
     'files: for source in sources {
         let Some(source) = source? else {
             continue;

@@ -25,7 +25,8 @@ mod fuzz;
 mod tests;
 
 pub use changes::{
-    Applied, ApplyError, Change, ChangeKind, StagedChange, WriteGrant, apply, content_hash, diff,
+    Applied, ApplyError, Change, ChangeKind, StagedChange, WriteGrant, WriteSession, Written,
+    apply, content_hash, diff,
 };
 
 use std::io::Read;
@@ -159,6 +160,9 @@ pub struct ToolRoot {
     write_grant: Arc<WriteGrant>,
     /// The copy of the root with the changeset that commands see, made on first use.
     view: Arc<Mutex<Option<view::View>>>,
+    /// SHA-256 of the root's content of each path the run read, as first read (the base a
+    /// later write of the path must still match).
+    read_hashes: Arc<Mutex<std::collections::HashMap<String, [u8; 32]>>>,
 }
 
 struct Inner {
@@ -203,6 +207,7 @@ impl ToolRoot {
             changes: Arc::default(),
             write_grant: Arc::default(),
             view: Arc::default(),
+            read_hashes: Arc::default(),
             inner: Arc::new(Inner {
                 path,
                 dir: cap,
@@ -231,6 +236,7 @@ impl ToolRoot {
             changes: Arc::default(),
             write_grant: Arc::default(),
             view: Arc::default(),
+            read_hashes: Arc::default(),
         }
     }
 
@@ -245,6 +251,11 @@ impl ToolRoot {
     pub fn command_view(&self) -> Result<PathBuf, ToolError> {
         let _call = self.clock.begin("run")?;
         self.synced_view()
+    }
+
+    /// Whether this run may stage any write (`--allow-write`).
+    pub fn writes_granted(&self) -> bool {
+        self.write_grant.grants_any()
     }
 
     /// What the changeset holds for the normalised path `rel`.
@@ -277,6 +288,7 @@ impl ToolRoot {
             changes::Overlay::Root => {}
         }
         let bytes = self.read_bytes(path, confine::as_dir_path(&rel))?;
+        self.served(&rel, &bytes);
         Ok(confine::lossy(bytes))
     }
 

@@ -5,8 +5,8 @@
 //! changed) before each later one. It holds every regular file of the root except `.git`,
 //! ignored files included (a test may need `node_modules`); symlinks and special files are
 //! left out, so nothing in the view points outside it. Its size is bounded by
-//! `--max-view-bytes`. Files are world-readable and directories world-traversable, because a
-//! root host runs the jail as an unprivileged user.
+//! `--max-view-bytes`. Its top directory is private to the jail's user (the engine's user, or
+//! `nobody` when the engine is root); inside, files keep their executable bit.
 
 use super::{ToolError, ToolRoot, confine};
 use std::collections::BTreeMap;
@@ -21,14 +21,34 @@ pub(super) struct View {
     generation: u64,
     /// What the view shows for each staged path, as last synced (`None`: removed).
     shown: BTreeMap<String, Option<Arc<[u8]>>>,
-    /// Bytes copied into the view so far.
+    /// Bytes the view holds, and each file's share of them.
     bytes: u64,
+    sizes: std::collections::HashMap<String, u64>,
 }
 
 impl View {
     pub(super) fn path(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Counts `rel` as holding `bytes` now (instead of what it held before), under `max`.
+    fn charge(&mut self, rel: &str, bytes: u64, max: u64) -> Result<(), ToolError> {
+        let before = self.sizes.get(rel).copied().unwrap_or(0);
+        let total = self.bytes - before + bytes;
+        if total > max {
+            return Err(view_limit(max));
+        }
+        self.bytes = total;
+        self.sizes.insert(rel.to_string(), bytes);
+        Ok(())
+    }
+}
+
+fn view_limit(max: u64) -> ToolError {
+    ToolError::Limit(format!(
+        "the command view (a copy of the root with the run's changes) would take more than {max} \
+         bytes: raise --max-view-bytes or run commands over a smaller root"
+    ))
 }
 
 impl ToolRoot {
@@ -57,7 +77,9 @@ impl ToolRoot {
             .cloned()
             .collect();
         for path in reverted {
-            let content = self.root_file(&path)?;
+            let room = self.inner.limits.max_view_bytes - view.bytes
+                + view.sizes.get(&path).copied().unwrap_or(0);
+            let content = self.root_file(&path, room)?;
             self.put(view, &path, content.as_deref())?;
         }
         for (path, content) in &wanted {
@@ -70,7 +92,7 @@ impl ToolRoot {
         Ok(view.path().to_path_buf())
     }
 
-    /// Writes `content` at `rel` in the view (`None`: removes it).
+    /// Writes `content` at `rel` in the view (`None`: removes it), with the root file's mode.
     fn put(&self, view: &mut View, rel: &str, content: Option<&[u8]>) -> Result<(), ToolError> {
         let target = view.path().join(rel);
         let failed = |error: std::io::Error| {
@@ -79,41 +101,41 @@ impl ToolRoot {
             ))
         };
         match content {
-            None => match std::fs::remove_file(&target) {
-                Ok(()) => Ok(()),
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(error) => Err(failed(error)),
-            },
+            None => {
+                view.charge(rel, 0, self.inner.limits.max_view_bytes)?;
+                match std::fs::remove_file(&target) {
+                    Ok(()) => Ok(()),
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(error) => Err(failed(error)),
+                }
+            }
             Some(bytes) => {
-                self.charge(view, bytes.len() as u64)?;
+                view.charge(rel, bytes.len() as u64, self.inner.limits.max_view_bytes)?;
                 if let Some(parent) = target.parent() {
                     create_dirs(view.path(), parent).map_err(failed)?;
                 }
                 std::fs::write(&target, bytes).map_err(failed)?;
-                set_mode(&target, 0o644).map_err(failed)
+                let executable = self
+                    .inner
+                    .dir
+                    .symlink_metadata(rel)
+                    .is_ok_and(|meta| meta.is_file() && is_executable_cap(&meta));
+                set_mode(&target, if executable { 0o755 } else { 0o644 }).map_err(failed)
             }
         }
     }
 
-    fn charge(&self, view: &mut View, bytes: u64) -> Result<(), ToolError> {
-        let max = self.inner.limits.max_view_bytes;
-        view.bytes += bytes;
-        if view.bytes > max {
-            return Err(ToolError::Limit(format!(
-                "the command view (a copy of the root with the run's changes) would take more \
-                 than {max} bytes: raise --max-view-bytes or run commands over a smaller root"
-            )));
-        }
-        Ok(())
-    }
-
-    /// The root's regular file at `rel`, or `None`.
-    fn root_file(&self, rel: &str) -> Result<Option<Vec<u8>>, ToolError> {
+    /// The root's regular file at `rel`, or `None`; more than `room` bytes is the view limit.
+    fn root_file(&self, rel: &str, room: u64) -> Result<Option<Vec<u8>>, ToolError> {
         match confine::open_regular(&self.inner.dir, rel, rel) {
-            Ok((mut file, _)) => {
+            Ok((file, _)) => {
                 let mut bytes = Vec::new();
-                file.read_to_end(&mut bytes)
+                file.take(room.saturating_add(1))
+                    .read_to_end(&mut bytes)
                     .map_err(|error| confine::io_error(rel, error))?;
+                if bytes.len() as u64 > room {
+                    return Err(view_limit(self.inner.limits.max_view_bytes));
+                }
                 Ok(Some(bytes))
             }
             Err(ToolError::NotFound(_)) => Ok(None),
@@ -130,12 +152,13 @@ impl ToolRoot {
             .prefix("corral-view-")
             .tempdir()
             .map_err(failed)?;
-        set_mode(dir.path(), 0o755).map_err(failed)?;
+        private_to_jail(dir.path()).map_err(failed)?;
         let mut view = View {
             dir,
             generation: 0,
             shown: BTreeMap::new(),
             bytes: 0,
+            sizes: std::collections::HashMap::new(),
         };
         let base = self.path().to_path_buf();
         let walk = ignore::WalkBuilder::new(&base)
@@ -162,11 +185,19 @@ impl ToolRoot {
                 set_mode(&target, 0o755).map_err(failed)?;
             } else if kind.is_file() {
                 let rel = confine::rel_string(rel);
+                let max = self.inner.limits.max_view_bytes;
+                // Refused before it is read when its size alone is over what is left.
+                if entry
+                    .metadata()
+                    .is_ok_and(|meta| view.bytes.saturating_add(meta.len()) > max)
+                {
+                    return Err(view_limit(max));
+                }
                 // Through the capability, so a file swapped for a symlink is never followed out.
-                let Some(bytes) = self.root_file(&rel)? else {
+                let Some(bytes) = self.root_file(&rel, max - view.bytes)? else {
                     continue;
                 };
-                self.charge(&mut view, bytes.len() as u64)?;
+                view.charge(&rel, bytes.len() as u64, max)?;
                 std::fs::write(&target, &bytes).map_err(failed)?;
                 let executable = entry.metadata().is_ok_and(|meta| is_executable(&meta));
                 set_mode(&target, if executable { 0o755 } else { 0o644 }).map_err(failed)?;
@@ -174,6 +205,27 @@ impl ToolRoot {
         }
         Ok(view)
     }
+}
+
+/// Makes the view's top directory reachable by the jail's user only: the engine's own user, or
+/// `nobody` when the engine is root (the jail then runs as `nobody`). What is inside may then be
+/// world-readable without being readable by anyone else.
+#[cfg(unix)]
+fn private_to_jail(dir: &Path) -> std::io::Result<()> {
+    /// `nobody`, whom the jail runs as when the engine is root.
+    const NOBODY: u32 = 65534;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    #[allow(unsafe_code)]
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY))?;
+    }
+    set_mode(dir, 0o700)
+}
+
+#[cfg(not(unix))]
+fn private_to_jail(_dir: &Path) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Creates `dir` and its missing ancestors below `top`, world-traversable.
@@ -207,5 +259,16 @@ fn is_executable(meta: &std::fs::Metadata) -> bool {
 
 #[cfg(not(unix))]
 fn is_executable(_meta: &std::fs::Metadata) -> bool {
+    false
+}
+
+#[cfg(unix)]
+fn is_executable_cap(meta: &cap_std::fs::Metadata) -> bool {
+    use cap_std::fs::PermissionsExt as _;
+    meta.permissions().mode() & 0o111 != 0
+}
+
+#[cfg(not(unix))]
+fn is_executable_cap(_meta: &cap_std::fs::Metadata) -> bool {
     false
 }

@@ -98,6 +98,11 @@ impl Pattern {
     }
 }
 
+/// Whether a root-relative path has a hidden component (`.x`), which walks skip.
+pub(super) fn is_hidden(path: &str) -> bool {
+    path.split('/').any(|part| part.starts_with('.'))
+}
+
 /// Whether `prefix` equals `path` or names one of its ancestor directories.
 fn is_dir_prefix(prefix: &str, path: &str) -> bool {
     prefix.is_empty()
@@ -343,6 +348,7 @@ pub(super) fn glob(root: &ToolRoot, call: &Call, pattern: &str) -> Result<Vec<St
     };
     let base = root.path();
     let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for entry in walker(root, call, Mode::Search, Some(&compiled)) {
         let entry = entry?;
         if !entry.file_type().is_some_and(|t| t.is_file()) {
@@ -353,6 +359,7 @@ pub(super) fn glob(root: &ToolRoot, call: &Call, pattern: &str) -> Result<Vec<St
         };
         if compiled.is_match(rel) {
             let path = confine::rel_string(rel);
+            seen.insert(path.clone());
             if matches!(root.overlay(&path), super::changes::Overlay::Removed) {
                 continue;
             }
@@ -362,10 +369,14 @@ pub(super) fn glob(root: &ToolRoot, call: &Call, pattern: &str) -> Result<Vec<St
             out.push(path);
         }
     }
-    // Files the run staged that the root does not have.
+    // Staged files the walk did not meet: new ones, and ones the root has lost since.
     let staged = root.changes.lock().unwrap_or_else(|e| e.into_inner());
-    for (path, _) in staged.added() {
-        if compiled.is_match(Path::new(path)) {
+    for (path, content) in staged.entries() {
+        if content.is_some()
+            && !seen.contains(path)
+            && !is_hidden(path)
+            && compiled.is_match(Path::new(path))
+        {
             if out.len() == max {
                 return Err(too_many());
             }
@@ -374,6 +385,5 @@ pub(super) fn glob(root: &ToolRoot, call: &Call, pattern: &str) -> Result<Vec<St
     }
     drop(staged);
     out.sort_unstable();
-    out.dedup();
     Ok(out)
 }

@@ -15,6 +15,10 @@ pub struct RunChanges {
     pub id: String,
     /// The run's root directory.
     pub root: PathBuf,
+    /// What the run was granted to write.
+    pub grant: tools::WriteGrant,
+    /// Whether the run has finished (its changeset is complete).
+    pub finished: bool,
     /// What the run staged, sorted by path.
     pub changes: Vec<StagedChange>,
 }
@@ -43,12 +47,25 @@ impl RunService {
             ))
         })?;
         let changes = store.changes(&id)?;
-        Ok(RunChanges { id, root, changes })
+        let grant = tools::WriteGrant::parse(&spec.limits.allow_write).map_err(|error| {
+            ServiceError::Store(StoreError::Corrupt(format!(
+                "the spec of run {id}: {error}"
+            )))
+        })?;
+        let finished = self.settled_status(&detail.summary)?.is_final();
+        Ok(RunChanges {
+            id,
+            root,
+            grant,
+            finished,
+            changes,
+        })
     }
 
     /// A unified diff of what run `id` staged against its root as the root is now.
     pub fn diff(&self, scope: Option<&str>, id: &str) -> Result<String, ServiceError> {
         let run = self.run_changes_of(scope, id)?;
+        unfinished(&run)?;
         Ok(tools::diff(&run.root, &run.changes)?)
     }
 
@@ -61,6 +78,7 @@ impl RunService {
         paths: &[String],
     ) -> Result<Applied, ServiceError> {
         let run = self.run_changes_of(scope, id)?;
+        unfinished(&run)?;
         if run.changes.is_empty() {
             return Err(ServiceError::Invalid(format!(
                 "run {} staged no changes, so there is nothing to apply (a run stages writes \
@@ -68,7 +86,7 @@ impl RunService {
                 run.id
             )));
         }
-        Ok(tools::apply(&run.root, &run.changes, paths)?)
+        Ok(tools::apply(&run.root, &run.changes, paths, &run.grant)?)
     }
 
     /// The directory a spec's root names: its path, or for a tenant the operator's directory.
@@ -91,4 +109,16 @@ impl RunService {
             }
         }
     }
+}
+
+/// A run still running has no complete changeset yet.
+fn unfinished(run: &RunChanges) -> Result<(), ServiceError> {
+    if run.finished {
+        return Ok(());
+    }
+    Err(ServiceError::Invalid(format!(
+        "run {} has not finished, so its changes are not recorded yet: wait for it to end \
+         (`corral runs watch {}`), then review or apply them",
+        run.id, run.id
+    )))
 }

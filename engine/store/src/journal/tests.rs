@@ -16,6 +16,7 @@ fn request(prompt: &str) -> AgentRequest {
         output_floor: None,
         max_turns: 4,
         timeout: None,
+        isolated: false,
     }
 }
 
@@ -30,6 +31,7 @@ fn output(text: &str) -> AgentOutput {
             cache_write_tokens: 1,
         },
         model: "sim-default".into(),
+        changes: Vec::new(),
     }
 }
 

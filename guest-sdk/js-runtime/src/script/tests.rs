@@ -5,7 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::bindings::corral::workflow::agents::AgentOutput;
+use crate::bindings::corral::workflow::agents::{AgentOutput, Isolated};
 use crate::bindings::corral::workflow::tools::{
     Change, CommandOutput, Commit, GrepMatch, StatusEntry,
 };
@@ -110,6 +110,35 @@ impl Host for FakeHost {
             .insert(id, (prompt.to_owned(), options.clone()));
         self.event(format!("start {prompt}"));
         Ok(id)
+    }
+
+    fn agent_start_isolated(
+        &self,
+        prompt: &str,
+        options: &AgentOptions,
+    ) -> Result<CallId, AgentError> {
+        self.event(format!("isolated {prompt}"));
+        self.agent_start(prompt, options)
+    }
+
+    fn isolated_changes(&self, id: CallId) -> Result<Isolated, ToolError> {
+        Ok(Isolated {
+            files: vec![Change {
+                path: format!("f{id}.txt"),
+                kind: "added".to_owned(),
+                bytes: 3,
+            }],
+            diff: format!("diff of {id}"),
+        })
+    }
+
+    fn keep_changes(&self, id: CallId) -> Result<Vec<String>, ToolError> {
+        self.event(format!("keep {id}"));
+        Ok(vec![format!("f{id}.txt")])
+    }
+
+    fn discard_changes(&self, id: CallId) {
+        self.event(format!("discard {id}"));
     }
 
     fn agent_wait(&self, ids: &[CallId]) -> Vec<Completion> {
@@ -1280,24 +1309,54 @@ fn rule_16_a_phase_missing_from_meta_phases_is_warned_about_once() {
 }
 
 #[test]
-fn rule_15_agent_type_and_isolation_are_not_implemented_and_are_ignored_once_with_a_log_line() {
+fn rule_15_agent_type_is_not_implemented_and_is_ignored_once_with_a_log_line() {
     let host = Rc::new(FakeHost::new(echo()));
-    let source = "const a = await agent('one', { agentType: 'reviewer', isolation: 'worktree' })\n\
+    let source = "const a = await agent('one', { agentType: 'reviewer' })\n\
                   const b = await agent('two', { agentType: 'reviewer' })\n\
                   return [a, b]";
     assert_eq!(
         run_on(&host, source, "").unwrap(),
         "[\"echo: one\",\"echo: two\"]"
     );
-    let options =
-        "(options: label, phase, model, effort, schema, tools, maxTokens, maxTurns, timeoutMs)";
+    let options = "(options: label, phase, model, effort, schema, tools, maxTokens, maxTurns, \
+                   timeoutMs, isolation)";
     assert_eq!(
         host.logs(),
-        [
-            format!("agent(): unknown option `agentType` is ignored {options}"),
-            format!("agent(): unknown option `isolation` is ignored {options}"),
-        ]
+        [format!(
+            "agent(): unknown option `agentType` is ignored {options}"
+        )]
     );
+}
+
+#[test]
+fn rule_15_an_isolated_agent_resolves_to_its_result_and_its_changes() {
+    let host = Rc::new(FakeHost::new(echo()));
+    let source = "const a = await agent('one', { isolation: 'worktree' })\n\
+                  const b = await agent('two', { isolation: 'worktree' })\n\
+                  const kept = a.changes.keep()\n\
+                  b.changes.drop()\n\
+                  let twice; try { a.changes.keep() } catch (e) { twice = e.message }\n\
+                  let bad; try { await agent('x', { isolation: 'branch' }) } catch (e) { bad = e.message }\n\
+                  return [a.result, a.changes.files, a.changes.diff, kept, b.result, twice, bad]";
+    let result: serde_json::Value =
+        serde_json::from_str(&run_on(&host, source, "").unwrap()).unwrap();
+    assert_eq!(
+        result,
+        serde_json::json!([
+            "echo: one",
+            [{ "path": "f1.txt", "kind": "added", "bytes": 3 }],
+            "diff of 1",
+            ["f1.txt"],
+            "echo: two",
+            "changes.keep(): these changes were already kept; keep or drop them once",
+            "agent(prompt, opts): opts.isolation must be 'worktree'"
+        ])
+    );
+    let events = host.events();
+    assert!(events.contains(&"isolated one".to_owned()), "{events:?}");
+    assert!(events.contains(&"keep 1".to_owned()), "{events:?}");
+    assert!(events.contains(&"discard 2".to_owned()), "{events:?}");
+    assert!(!events.contains(&"keep 2".to_owned()), "{events:?}");
 }
 
 #[test]
