@@ -34,15 +34,16 @@
 //! `RLIMIT_FSIZE`, as many as its descriptors) and System V segments kept detached (bounded by
 //! the jail's own IPC namespace's defaults only). All of it is freed with the jail.
 //!
-//! Why uid 65534 when the engine is root: the kernel never applies `RLIMIT_NPROC` to root, and a
-//! jail built by root keeps root's authority over the host's files. So when root, the child drops
-//! to `nobody` before it executes bwrap, which then builds the jail in a user namespace as it does
-//! for any unprivileged user. `RLIMIT_NPROC` counts every task of that uid on the host, so the
-//! limit set is the uid's current count plus the command's allowance: jails running at once share
-//! the headroom. The count is taken once, at the start: when other tasks of the uid exit later
-//! (another jail ends), their share becomes headroom this jail may take, so a jail can end up
-//! with more than `--max-command-processes` tasks. The uid as a whole never exceeds the limit set,
-//! and the total memory bound holds however many processes there are.
+//! Why a uid of its own when the engine is root: the kernel never applies `RLIMIT_NPROC` to root,
+//! and a jail built by root keeps root's authority over the host's files. So when root, the child
+//! becomes an unused uid (one per jail, from `0x40000000` up, spread by process id) in group
+//! `nogroup` before it executes bwrap, which then builds the jail in a user namespace as it does
+//! for any unprivileged user; `RLIMIT_NPROC` then counts that jail's tasks alone. When the engine
+//! is not root the jail runs as the engine's user, and `RLIMIT_NPROC` counts every task of that
+//! user on the host: the limit set is the user's current count plus the command's allowance, so
+//! jails running at once share the headroom, and when other tasks of the user exit later their
+//! share becomes headroom a jail may take. The total memory bound holds however many processes
+//! there are.
 //!
 //! Nothing of the jail outlives [`run`]: its processes live in a pid namespace whose init dies
 //! with bwrap (`--die-with-parent`), taking them all along, and bwrap's process group is killed on
@@ -66,8 +67,8 @@ use crate::limits::{format_duration, format_size};
 
 /// `PATH` inside the jail: where a command name is looked up.
 const JAIL_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
-/// `nobody`: the uid and gid the jail runs as when the engine is root.
-const NOBODY: u32 = 65534;
+/// `nogroup`: the group a root engine's jails run in (each jail as a uid of its own).
+const NOGROUP: u32 = 65534;
 /// Tasks bubblewrap adds of its own: `bwrap` itself and the init of the pid namespace.
 const BWRAP_TASKS: u64 = 2;
 /// Top-level directories bound (or, when symlinks, recreated) where the host has them.
@@ -279,7 +280,7 @@ impl Jail {
         // SAFETY: these calls only read the process's credentials and cannot fail.
         let (euid, uid, gid) = unsafe { (libc::geteuid(), libc::getuid(), libc::getgid()) };
         let (uid, gid) = if euid == 0 {
-            (NOBODY, NOBODY)
+            (jail_uid(), NOGROUP)
         } else {
             (uid, gid)
         };
@@ -306,7 +307,7 @@ impl Jail {
         install_pre_exec(
             &mut command,
             ChildSetup {
-                drop_to_nobody: euid == 0,
+                drop_to: (euid == 0).then_some((uid, gid)),
                 nproc: nproc.saturating_add(limits.max_command_processes),
                 memory: limits.max_command_memory,
                 file_size: limits.max_command_scratch,
@@ -563,6 +564,20 @@ fn bwrap_args(view: &Path, limits: &CommandLimits, etc: &[(&str, RawFd)]) -> Vec
     args
 }
 
+/// The first uid a root engine's jails run as (far above any real account's).
+const JAIL_UID_BASE: u32 = 0x4000_0000;
+
+/// A uid of its own for one jail of a root engine, so that `RLIMIT_NPROC` counts that jail's
+/// tasks alone: jails running at once (in this process, or in another Corral's, whose uids are
+/// spread by process id) never share a process allowance. The group stays `nogroup`, which may
+/// enter the views.
+fn jail_uid() -> u32 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let sequence = (NEXT.fetch_add(1, Ordering::Relaxed) % 4096) as u32;
+    let process = std::process::id() % 0x3_0000;
+    JAIL_UID_BASE + (process << 12) + sequence
+}
+
 /// Tasks (threads) whose real uid is `uid`, as `RLIMIT_NPROC` counts them.
 fn tasks_of(uid: u32) -> u64 {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -588,7 +603,8 @@ fn tasks_of(uid: u32) -> u64 {
 /// there.
 #[derive(Debug)]
 struct ChildSetup {
-    drop_to_nobody: bool,
+    /// The uid and gid a root engine's child becomes before bwrap runs.
+    drop_to: Option<(u32, u32)>,
     nproc: u64,
     memory: u64,
     file_size: u64,
@@ -619,10 +635,10 @@ impl ChildSetup {
         // SAFETY: plain syscalls whose pointer arguments point at locals or are null (setgroups
         // with a count of 0).
         unsafe {
-            if self.drop_to_nobody {
+            if let Some((uid, gid)) = self.drop_to {
                 check(libc::setgroups(0, std::ptr::null()))?;
-                check(libc::setgid(NOBODY))?;
-                check(libc::setuid(NOBODY))?;
+                check(libc::setgid(gid))?;
+                check(libc::setuid(uid))?;
             }
             let limits = [
                 (libc::RLIMIT_NPROC, self.nproc),

@@ -129,6 +129,9 @@ pub struct RunReport {
     pub instantiate: Duration,
     /// The writes the run staged (its changeset), sorted by path.
     pub changes: Vec<crate::tools::StagedChange>,
+    /// The commit its root's HEAD named when a run that may write started (`None`: no root, no
+    /// repository, or no write grant): what `corral runs apply --branch` builds on.
+    pub base_commit: Option<String>,
 }
 
 type ScriptLoad = TypedFunc<(String, String), (Result<(), String>,)>;
@@ -143,10 +146,21 @@ impl Runtime {
         // A tool-time account of this run's own, on the same directory.
         // A write grant that does not parse grants nothing (front ends check it first).
         let grant = crate::tools::WriteGrant::parse(&limits.allow_write).unwrap_or_default();
+        let writes = grant.grants_any();
         let root = options
             .root
             .as_ref()
             .map(|root| root.for_run().with_writes(grant));
+        let base_commit = match &root {
+            Some(root) if writes => {
+                let root = root.clone();
+                tokio::task::spawn_blocking(move || root.head_commit())
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            _ => None,
+        };
         let context = AgentContext {
             provider: Arc::clone(&options.provider),
             ledger: Arc::clone(&ledger),
@@ -271,6 +285,7 @@ impl Runtime {
             tool_time: root.as_ref().map_or(Duration::ZERO, ToolRoot::tool_time),
             instantiate,
             changes: root.as_ref().map(ToolRoot::staged).unwrap_or_default(),
+            base_commit,
         }
     }
 }

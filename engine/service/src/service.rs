@@ -865,7 +865,8 @@ impl RunService {
                 // The changeset first: a finished run's changes are there when it shows as
                 // finished.
                 if !report.changes.is_empty()
-                    && let Err(error) = store.put_changes(id, &report.changes)
+                    && let Err(error) =
+                        store.put_changes(id, report.base_commit.as_deref(), &report.changes)
                 {
                     events.event(&RunEvent::Log {
                         message: format!(
@@ -1392,6 +1393,7 @@ fn not_run(error: RunError, budget: Option<u64>) -> RunReport {
         tool_time: Duration::ZERO,
         instantiate: Duration::ZERO,
         changes: Vec::new(),
+        base_commit: None,
     }
 }
 

@@ -133,7 +133,12 @@ CREATE TABLE IF NOT EXISTS tokens (
 ";
 
 /// Columns added to `runs` after the first release, added to older journals when opened.
-const ADDED_RUN_COLUMNS: [(&str, &str); 2] = [("spec", "TEXT"), ("tenant", "TEXT")];
+const ADDED_RUN_COLUMNS: [(&str, &str); 3] = [
+    ("spec", "TEXT"),
+    ("tenant", "TEXT"),
+    // The commit HEAD named when a run that may write started (what `--branch` builds on).
+    ("base_commit", "TEXT"),
+];
 /// Columns of `calls` added since the first journal format.
 const ADDED_CALL_COLUMNS: [(&str, &str); 2] = [
     ("stop_requested", "INTEGER NOT NULL DEFAULT 0"),
@@ -733,11 +738,20 @@ impl RunStore for Journal {
         .map(|_| ())
     }
 
-    fn put_changes(&self, run: &str, changes: &[StagedChange]) -> Result<(), StoreError> {
+    fn put_changes(
+        &self,
+        run: &str,
+        base_commit: Option<&str>,
+        changes: &[StagedChange],
+    ) -> Result<(), StoreError> {
         let mut db = self.reader()?;
         let mut write = || -> rusqlite::Result<()> {
             let tx = db.transaction()?;
             tx.execute("DELETE FROM changes WHERE run_id = ?1", params![run])?;
+            tx.execute(
+                "UPDATE runs SET base_commit = ?2 WHERE id = ?1",
+                params![run, base_commit],
+            )?;
             {
                 let mut insert = tx.prepare(
                     "INSERT INTO changes (run_id, path, base, content) VALUES (?1, ?2, ?3, ?4)",
@@ -749,6 +763,18 @@ impl RunStore for Journal {
             tx.commit()
         };
         write().map_err(|e| self.error(e))
+    }
+
+    fn base_commit(&self, run: &str) -> Result<Option<String>, StoreError> {
+        let db = self.reader()?;
+        db.query_row(
+            "SELECT base_commit FROM runs WHERE id = ?1",
+            params![run],
+            |row| row.get::<_, Option<String>>(0),
+        )
+        .optional()
+        .map(Option::flatten)
+        .map_err(|e| self.error(e))
     }
 
     fn changes(&self, run: &str) -> Result<Vec<StagedChange>, StoreError> {

@@ -440,8 +440,16 @@ pub trait RunStore: Send + Sync + 'static {
     fn last_event_seq(&self, run: &str) -> Result<u64, StoreError>;
     /// Marks a run whose process is gone as failed, so it can be resumed.
     fn mark_abandoned(&self, id: &str) -> Result<(), StoreError>;
-    /// Replaces the staged changes (the changeset) recorded for `run`.
-    fn put_changes(&self, run: &str, changes: &[StagedChange]) -> Result<(), StoreError>;
+    /// Replaces the staged changes (the changeset) recorded for `run`, and the commit its root's
+    /// HEAD named when it started (`None`: not a repository).
+    fn put_changes(
+        &self,
+        run: &str,
+        base_commit: Option<&str>,
+        changes: &[StagedChange],
+    ) -> Result<(), StoreError>;
+    /// The commit `run`'s root's HEAD named when it started, if recorded.
+    fn base_commit(&self, run: &str) -> Result<Option<String>, StoreError>;
     /// The staged changes of `run`, sorted by path (empty for a run that staged none).
     fn changes(&self, run: &str) -> Result<Vec<StagedChange>, StoreError>;
     /// Stores a workflow (idempotent by tenant and hash).

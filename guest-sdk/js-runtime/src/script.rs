@@ -1184,33 +1184,26 @@ fn natives<'js>(
         )?,
     )?;
 
-    let s = state.clone();
-    natives.set(
-        "remove",
-        Function::new(
-            ctx.clone(),
-            move |ctx: Ctx<'js>, path: String| -> rquickjs::Result<()> {
-                require_running(&ctx, &s, "tools.remove()")?;
-                s.host
-                    .remove(&path)
-                    .map_err(|e| tool_error(&ctx, &format!("tools.remove({path:?})"), e))
-            },
-        )?,
-    )?;
-
-    let s = state.clone();
-    natives.set(
-        "revert",
-        Function::new(
-            ctx.clone(),
-            move |ctx: Ctx<'js>, path: String| -> rquickjs::Result<()> {
-                require_running(&ctx, &s, "tools.revert()")?;
-                s.host
-                    .revert(&path)
-                    .map_err(|e| tool_error(&ctx, &format!("tools.revert({path:?})"), e))
-            },
-        )?,
-    )?;
+    // `tools.remove(path)` and `tools.revert(path)`: one path in, nothing back.
+    type PathTool = fn(&dyn Host, &str) -> Result<(), ToolError>;
+    let path_tools: [(&str, PathTool); 2] = [
+        ("remove", |host, path| host.remove(path)),
+        ("revert", |host, path| host.revert(path)),
+    ];
+    for (name, tool) in path_tools {
+        let s = state.clone();
+        natives.set(
+            name,
+            Function::new(
+                ctx.clone(),
+                move |ctx: Ctx<'js>, path: String| -> rquickjs::Result<()> {
+                    require_running(&ctx, &s, &format!("tools.{name}()"))?;
+                    tool(&*s.host, &path)
+                        .map_err(|e| tool_error(&ctx, &format!("tools.{name}({path:?})"), e))
+                },
+            )?,
+        )?;
+    }
 
     let s = state.clone();
     natives.set(

@@ -150,6 +150,8 @@ struct State {
     protocol: Protocol,
     key: Option<String>,
     script: Mutex<VecDeque<Reply>>,
+    /// Replies for requests whose body contains a text, before the queue: every such request.
+    matching: Mutex<Vec<(String, Reply)>>,
     received: Mutex<Vec<Received>>,
     /// Hashes of prefixes written to the simulated prompt cache.
     cache: Mutex<HashSet<u64>>,
@@ -182,6 +184,7 @@ impl FakeLlm {
             protocol,
             key: key.map(str::to_string),
             script: Mutex::new(VecDeque::new()),
+            matching: Mutex::new(Vec::new()),
             received: Mutex::new(Vec::new()),
             cache: Mutex::new(HashSet::new()),
             counter: AtomicU64::new(0),
@@ -223,6 +226,12 @@ impl FakeLlm {
     /// Queues replies for the next requests, in order; later requests get [`Reply::Auto`].
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
         lock(&self.state.script).extend(replies);
+    }
+
+    /// Answers every request whose body contains `text` (as JSON text) with `reply`, before the
+    /// queue of [`FakeLlm::script`]: for concurrent calls, whose order of arrival is not fixed.
+    pub fn script_matching(&self, text: &str, reply: Reply) {
+        lock(&self.state.matching).push((text.to_string(), reply));
     }
 
     /// Makes every later answer take `latency` (as a real model does), on top of scripted delays.
@@ -398,7 +407,17 @@ async fn answer(
             Protocol::OpenAi => openai::prompt_usage(body, &cache),
         }
     };
-    let mut reply = lock(&state.script).pop_front().unwrap_or(Reply::Auto);
+    let matched = {
+        let matching = lock(&state.matching);
+        let text = body.to_string();
+        matching
+            .iter()
+            .find(|(needle, _)| text.contains(needle.as_str()))
+            .map(|(_, reply)| reply.clone())
+    };
+    let mut reply = matched
+        .or_else(|| lock(&state.script).pop_front())
+        .unwrap_or(Reply::Auto);
     let latency = *lock(&state.latency);
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;

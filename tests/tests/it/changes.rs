@@ -5,7 +5,16 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 use tests::fake_llm::{FakeLlm, Protocol, Reply};
-use tests::support::{Run, corral_in, fixture_repo, js_runtime, result, workflow};
+use tests::support::{Run, Said, corral_in, fixture_repo, js_runtime, result, workflow};
+
+/// The id of the run a `corral run` or `corral runs resume` announced on stderr.
+fn run_id(said: &Said) -> String {
+    said.stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("corral: run ")?.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no run id in: {}", said.stderr))
+        .to_string()
+}
 
 /// Runs `source` as a script over `root` with `change` applied to its limits.
 async fn script(
@@ -684,12 +693,7 @@ fn a_replayed_agent_call_stages_what_it_wrote_again() {
         ],
     );
     assert_ne!(failed.code, Some(0), "{}", failed.stderr);
-    let id = failed
-        .stderr
-        .lines()
-        .find_map(|line| line.strip_prefix("corral: run ")?.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    let id = run_id(&failed);
     let sent = fake.received().len();
     assert_eq!(sent, 2);
     let fixed = root.join("fixed.js");
@@ -890,11 +894,12 @@ fn migrate_keeps_the_rewrites_whose_tests_pass_and_apply_writes_exactly_those() 
     let greet = "const greet = (name) => `hello ${name}`\nmodule.exports = { greet }\n";
     let mul = "const mul = (a, b) => a * b\nmodule.exports = { mul }\n";
     let fake = FakeLlm::start(Protocol::Anthropic, Some("test-key"));
-    fake.script([
-        Reply::submit(json!({ "code": add })),
-        Reply::submit(json!({ "code": greet })),
-        Reply::submit(json!({ "code": mul })),
-    ]);
+    for (file, code) in [("add", add), ("greet", greet), ("mul", mul)] {
+        fake.script_matching(
+            &format!("The file is src/{file}.js."),
+            Reply::submit(json!({ "code": code })),
+        );
+    }
     let migrate = tests::guests::workspace_root().join("workflows/migrate.js");
     let env = [
         ("ANTHROPIC_BASE_URL", fake.url()),
@@ -912,9 +917,6 @@ fn migrate_keeps_the_rewrites_whose_tests_pass_and_apply_writes_exactly_those() 
             ".",
             "--provider",
             "anthropic",
-            // One at a time, so that the scripted answers go to the files in order.
-            "--max-concurrent",
-            "1",
             "--allow-write=src/**",
             "--allow-run=node",
         ],
@@ -928,19 +930,15 @@ fn migrate_keeps_the_rewrites_whose_tests_pass_and_apply_writes_exactly_those() 
             { "file": "src/greet.js", "test": "src/greet.test.js", "testsPassed": false, "kept": false },
             { "file": "src/mul.js", "test": "src/mul.test.js", "testsPassed": true, "kept": true },
         ]),
-        "{out}"
+        "{out}\n{}",
+        said.stderr
     );
     assert_eq!(out["kept"], json!(["src/add.js", "src/mul.js"]));
     // The run changed nothing in the root.
     for (path, text) in &originals {
         assert_eq!(&read(root, path), text, "{path} changed before apply");
     }
-    let id = said
-        .stderr
-        .lines()
-        .find_map(|line| line.strip_prefix("corral: run ")?.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no run id in: {}", said.stderr))
-        .to_string();
+    let id = run_id(&said);
     assert!(
         said.stderr.contains(&format!("corral runs apply {id}")),
         "{}",
@@ -1004,12 +1002,7 @@ fn apply_refuses_files_the_root_changed_and_keeps_the_changes_for_later() {
         &["run", "edit.js", "--root", ".", "--allow-write"],
     );
     assert_eq!(said.code, Some(0), "{}", said.stderr);
-    let id = said
-        .stderr
-        .lines()
-        .find_map(|line| line.strip_prefix("corral: run ")?.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    let id = run_id(&said);
     // Someone edits the file after the run staged its change.
     std::fs::write(root.join("src/math.rs"), "edited by hand\n").unwrap();
     let refused = corral_in(root, data.path(), &[], &["runs", "apply", &id]);
@@ -1083,12 +1076,7 @@ fn a_resumed_run_keeps_its_staged_writes_and_its_grants() {
         &["run", "flaky.js", "--root", ".", "--allow-write=src/**"],
     );
     assert_ne!(failed.code, Some(0));
-    let id = failed
-        .stderr
-        .lines()
-        .find_map(|line| line.strip_prefix("corral: run ")?.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    let id = run_id(&failed);
     // A failed run's changeset is recorded too.
     let failed_diff = corral_in(root, data.path(), &[], &["runs", "diff", &id]);
     assert!(
@@ -1115,12 +1103,7 @@ fn a_resumed_run_keeps_its_staged_writes_and_its_grants() {
         "{}",
         resumed.stderr
     );
-    let new_id = resumed
-        .stderr
-        .lines()
-        .find_map(|line| line.strip_prefix("corral: run ")?.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    let new_id = run_id(&resumed);
     let diff = corral_in(root, data.path(), &[], &["runs", "diff", &new_id]);
     assert!(diff.stdout.contains("+staged"), "{}", diff.stdout);
     let shown = corral_in(root, data.path(), &[], &["runs", "show", &new_id]);
@@ -1154,4 +1137,151 @@ fn bad_grants_are_refused_before_the_run_starts() {
         assert_ne!(said.code, Some(0), "{flag}");
         assert!(said.stderr.contains(expected), "{flag}: {}", said.stderr);
     }
+}
+
+/// `git ARGS` in `dir`, its stdout.
+fn git_out(dir: &Path, args: &[&str]) -> String {
+    let output = std::process::Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn apply_to_a_branch_commits_on_the_runs_base_and_leaves_the_working_tree_alone() {
+    let repo = fixture_repo();
+    let root = repo.path();
+    let data = tempfile::tempdir().unwrap();
+    let head = git_out(root, &["rev-parse", "HEAD"]).trim().to_string();
+    let status_before = git_out(root, &["status", "--porcelain"]);
+    let math_before = read(root, "src/math.rs");
+    std::fs::write(
+        data.path().join("edit.js"),
+        "tools.write('src/math.rs', 'on the branch\\n'); tools.write('docs/new.md', 'new\\n'); \
+         tools.remove('README.md'); return 1",
+    )
+    .unwrap();
+    let script = data.path().join("edit.js");
+    let said = corral_in(
+        root,
+        data.path(),
+        &[],
+        &[
+            "run",
+            script.to_str().unwrap(),
+            "--root",
+            ".",
+            "--allow-write",
+        ],
+    );
+    assert_eq!(said.code, Some(0), "{}", said.stderr);
+    let id = run_id(&said);
+    // Someone commits meanwhile: the branch still starts from the run's base.
+    std::fs::write(root.join("later.txt"), "later\n").unwrap();
+    tests::support::git(root, &["add", "later.txt"]);
+    tests::support::git(root, &["commit", "-q", "-m", "later"]);
+    let later_head = git_out(root, &["rev-parse", "HEAD"]).trim().to_string();
+
+    let applied = corral_in(
+        root,
+        data.path(),
+        &[],
+        &["runs", "apply", &id, "--branch", "corral/fix"],
+    );
+    assert_eq!(applied.code, Some(0), "{}", applied.stderr);
+    assert!(
+        applied.stderr.contains("on the new branch corral/fix"),
+        "{}",
+        applied.stderr
+    );
+    assert_eq!(
+        git_out(root, &["show", "corral/fix:src/math.rs"]),
+        "on the branch\n"
+    );
+    assert_eq!(git_out(root, &["show", "corral/fix:docs/new.md"]), "new\n");
+    assert!(
+        git_out(root, &["ls-tree", "-r", "--name-only", "corral/fix"])
+            .lines()
+            .all(|path| path != "README.md" && path != "later.txt")
+    );
+    assert_eq!(git_out(root, &["rev-parse", "corral/fix^"]).trim(), head);
+    // The working tree, the index and HEAD are as they were.
+    assert_eq!(git_out(root, &["rev-parse", "HEAD"]).trim(), later_head);
+    assert_eq!(git_out(root, &["status", "--porcelain"]), status_before);
+    assert_eq!(read(root, "src/math.rs"), math_before);
+    // The same name again is refused, naming the fix.
+    let again = corral_in(
+        root,
+        data.path(),
+        &[],
+        &["runs", "apply", &id, "--branch", "corral/fix"],
+    );
+    assert_ne!(again.code, Some(0));
+    assert!(again.stderr.contains("already exists"), "{}", again.stderr);
+    let bad = corral_in(
+        root,
+        data.path(),
+        &[],
+        &["runs", "apply", &id, "--branch", "bad..name"],
+    );
+    assert_ne!(bad.code, Some(0));
+    assert!(
+        bad.stderr.contains("not a valid branch name"),
+        "{}",
+        bad.stderr
+    );
+
+    // A root that is no repository has no base to branch from.
+    let plain = tempfile::tempdir().unwrap();
+    let said = corral_in(
+        plain.path(),
+        data.path(),
+        &[],
+        &[
+            "run",
+            script.to_str().unwrap(),
+            "--root",
+            ".",
+            "--allow-write",
+        ],
+    );
+    assert_ne!(
+        said.code,
+        Some(0),
+        "README.md is missing there, so remove fails"
+    );
+    std::fs::write(plain.path().join("README.md"), "x").unwrap();
+    let said = corral_in(
+        plain.path(),
+        data.path(),
+        &[],
+        &[
+            "run",
+            script.to_str().unwrap(),
+            "--root",
+            ".",
+            "--allow-write",
+        ],
+    );
+    assert_eq!(said.code, Some(0), "{}", said.stderr);
+    let plain_id = run_id(&said);
+    let refused = corral_in(
+        plain.path(),
+        data.path(),
+        &[],
+        &["runs", "apply", &plain_id, "--branch", "x"],
+    );
+    assert_ne!(refused.code, Some(0));
+    assert!(
+        refused.stderr.contains("no base commit"),
+        "{}",
+        refused.stderr
+    );
 }

@@ -27,6 +27,10 @@ pub struct ApplyArgs {
     /// Apply only this staged path (repeatable); all of them by default.
     #[arg(long = "path", value_name = "PATH")]
     paths: Vec<String>,
+    /// Instead of writing the working tree, commit the changes on a new git branch NAME based
+    /// on the commit the run started from (the working tree, the index and HEAD stay as they are).
+    #[arg(long, value_name = "NAME")]
+    branch: Option<String>,
 }
 
 pub fn diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
@@ -74,6 +78,17 @@ pub fn diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
 
 pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let service = super::runs::open(&args.journal)?;
+    if let Some(branch) = &args.branch {
+        return match service.apply_branch(None, &args.id, &args.paths, branch) {
+            Ok(commit) => {
+                eprintln!(
+                    "corral: committed the run's changes as {commit} on the new branch {branch}"
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(error) => service_failure(error),
+        };
+    }
     match service.apply(None, &args.id, &args.paths) {
         Ok(applied) => {
             report(&applied);

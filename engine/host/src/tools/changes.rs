@@ -829,7 +829,7 @@ pub struct Applied {
 }
 
 /// Selects the changes `only` names (all when empty), refusing names that are not staged.
-fn select<'a>(
+pub(super) fn select<'a>(
     changes: &'a [StagedChange],
     only: &[String],
 ) -> Result<Vec<&'a StagedChange>, ApplyError> {
@@ -928,9 +928,8 @@ pub fn apply(
     Ok(applied)
 }
 
-/// Checks a stored path again before it is written: normalised, not into `.git`, inside the
-/// grant, and no symlink on the way or at the end (the root may have changed since the run).
-fn check_target(dir: &cap_std::fs::Dir, path: &str, grant: &WriteGrant) -> Result<(), ApplyError> {
+/// Checks a stored path again: normalised, not into `.git`, inside the grant.
+pub(super) fn check_path(path: &str, grant: &WriteGrant) -> Result<(), ApplyError> {
     let refuse =
         |why: String| ApplyError::Refused(format!("{path:?}: {why} (nothing was applied)"));
     let rel = confine::normalize(path).map_err(|e| refuse(e.to_string()))?;
@@ -942,7 +941,16 @@ fn check_target(dir: &cap_std::fs::Dir, path: &str, grant: &WriteGrant) -> Resul
     if rel.split('/').any(|part| part.eq_ignore_ascii_case(".git")) {
         return Err(refuse("it is inside a .git directory".to_string()));
     }
-    grant.check(path, &rel).map_err(|e| refuse(e.to_string()))?;
+    grant.check(path, &rel).map_err(|e| refuse(e.to_string()))
+}
+
+/// Checks a stored path again before it is written: [`check_path`], and no symlink on the way
+/// or at the end (the root may have changed since the run).
+fn check_target(dir: &cap_std::fs::Dir, path: &str, grant: &WriteGrant) -> Result<(), ApplyError> {
+    check_path(path, grant)?;
+    let refuse =
+        |why: String| ApplyError::Refused(format!("{path:?}: {why} (nothing was applied)"));
+    let rel = path;
     let parts: Vec<&str> = rel.split('/').collect();
     for depth in 1..=parts.len() {
         let prefix = parts[..depth].join("/");
@@ -1069,14 +1077,11 @@ fn unified(out: &mut String, path: &str, old: Option<&[u8]>, new: Option<&[u8]>)
         let _ = writeln!(out, "Binary files {old_name} and {new_name} differ");
         return;
     }
-    let a = String::from_utf8_lossy(old.unwrap_or_default());
-    let b = String::from_utf8_lossy(new.unwrap_or_default());
-    let text = similar::TextDiff::configure()
-        .algorithm(similar::Algorithm::Myers)
-        .timeout(std::time::Duration::from_secs(2))
-        .diff_lines(a.as_ref(), b.as_ref());
-    let _ = writeln!(out, "--- {old_name}\n+++ {new_name}");
-    for hunk in text.unified_diff().context_radius(3).iter_hunks() {
-        let _ = write!(out, "{hunk}");
-    }
+    super::git::text_patch(
+        out,
+        &old_name,
+        &new_name,
+        old.unwrap_or_default(),
+        new.unwrap_or_default(),
+    );
 }

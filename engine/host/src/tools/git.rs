@@ -347,7 +347,7 @@ fn check_git_entry(
 }
 
 /// Checks (once per root) and opens the repository whose working tree is the root itself.
-fn repo(root: &ToolRoot) -> Result<gix::Repository, ToolError> {
+pub(super) fn repo(root: &ToolRoot) -> Result<gix::Repository, ToolError> {
     let shared = root.inner.repo.get_or_init(|| {
         check_git_dir(root)?;
         // `isolated`: no global or system config, no includes, no environment overrides; and
@@ -1265,16 +1265,22 @@ fn render_one(
                 let _ = writeln!(out, "Binary files {old_name} and {new_name} differ");
                 return;
             }
-            let a = String::from_utf8_lossy(a);
-            let b = String::from_utf8_lossy(b);
-            let diff = TextDiff::configure()
-                .algorithm(Algorithm::Myers)
-                .timeout(DIFF_TIMEOUT)
-                .diff_lines(a.as_ref(), b.as_ref());
-            let _ = writeln!(out, "--- {old_name}\n+++ {new_name}");
-            for hunk in diff.unified_diff().context_radius(3).iter_hunks() {
-                let _ = write!(out, "{hunk}");
-            }
+            text_patch(out, &old_name, &new_name, a, b);
         }
+    }
+}
+
+/// Appends the `---`/`+++` header and the unified hunks (3 lines of context) turning `a` into
+/// `b` to `out`, bounded in time by [`DIFF_TIMEOUT`]. Shared by git diffs and changeset diffs.
+pub(super) fn text_patch(out: &mut String, old_name: &str, new_name: &str, a: &[u8], b: &[u8]) {
+    let a = String::from_utf8_lossy(a);
+    let b = String::from_utf8_lossy(b);
+    let diff = TextDiff::configure()
+        .algorithm(Algorithm::Myers)
+        .timeout(DIFF_TIMEOUT)
+        .diff_lines(a.as_ref(), b.as_ref());
+    let _ = writeln!(out, "--- {old_name}\n+++ {new_name}");
+    for hunk in diff.unified_diff().context_radius(3).iter_hunks() {
+        let _ = write!(out, "{hunk}");
     }
 }

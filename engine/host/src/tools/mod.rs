@@ -9,6 +9,7 @@
 //!
 //! Every limit a guest can hit has a name, a default and a CLI flag, and the error says which.
 
+mod branch;
 mod changes;
 mod clock;
 mod confine;
@@ -24,6 +25,7 @@ mod fuzz;
 #[cfg(test)]
 mod tests;
 
+pub use branch::commit_branch;
 pub use changes::{
     Applied, ApplyError, Change, ChangeKind, StagedChange, WriteGrant, WriteSession, Written,
     apply, content_hash, diff,

@@ -5,8 +5,8 @@
 //! changed) before each later one. It holds every regular file of the root except `.git`,
 //! ignored files included (a test may need `node_modules`); symlinks and special files are
 //! left out, so nothing in the view points outside it. Its size is bounded by
-//! `--max-view-bytes`. Its top directory is private to the jail's user (the engine's user, or
-//! `nobody` when the engine is root); inside, files keep their executable bit.
+//! `--max-view-bytes`. Its top directory is private to the jail (the engine's user, or the group
+//! `nogroup` a root engine's jails run in); inside, files keep their executable bit.
 
 use super::{ToolError, ToolRoot, confine};
 use std::collections::BTreeMap;
@@ -207,18 +207,19 @@ impl ToolRoot {
     }
 }
 
-/// Makes the view's top directory reachable by the jail's user only: the engine's own user, or
-/// `nobody` when the engine is root (the jail then runs as `nobody`). What is inside may then be
-/// world-readable without being readable by anyone else.
+/// Makes the view's top directory reachable by the jail only: the engine's own user, or when the
+/// engine is root the group `nogroup` its jails run in (each as a uid of its own). What is inside
+/// may then be world-readable without being readable by anyone else.
 #[cfg(unix)]
 fn private_to_jail(dir: &Path) -> std::io::Result<()> {
-    /// `nobody`, whom the jail runs as when the engine is root.
-    const NOBODY: u32 = 65534;
+    /// `nogroup`, the group a root engine's jails run in.
+    const NOGROUP: u32 = 65534;
     // SAFETY: geteuid has no preconditions and cannot fail.
     #[allow(unsafe_code)]
     let root = unsafe { libc::geteuid() } == 0;
     if root {
-        std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY))?;
+        std::os::unix::fs::chown(dir, None, Some(NOGROUP))?;
+        return set_mode(dir, 0o750);
     }
     set_mode(dir, 0o700)
 }

@@ -89,6 +89,53 @@ impl RunService {
         Ok(tools::apply(&run.root, &run.changes, paths, &run.grant)?)
     }
 
+    /// Commits what run `id` staged (only `paths`, when given) on a new branch `name` of its
+    /// root's repository, on the commit HEAD named when the run started; the working tree, the
+    /// index and HEAD stay as they are. Returns the new commit's id.
+    pub fn apply_branch(
+        &self,
+        scope: Option<&str>,
+        id: &str,
+        paths: &[String],
+        name: &str,
+    ) -> Result<String, ServiceError> {
+        let run = self.run_changes_of(scope, id)?;
+        unfinished(&run)?;
+        if run.changes.is_empty() {
+            return Err(ServiceError::Invalid(format!(
+                "run {} staged no changes, so there is nothing to commit",
+                run.id
+            )));
+        }
+        let base = self.store()?.base_commit(&run.id)?.ok_or_else(|| {
+            ServiceError::Invalid(format!(
+                "run {} recorded no base commit (its root was not a git repository Corral could \
+                 read when it ran), so there is nothing to branch from: apply it to the working \
+                 tree instead (without --branch)",
+                run.id
+            ))
+        })?;
+        let count = if paths.is_empty() {
+            run.changes.len()
+        } else {
+            paths.len()
+        };
+        let message = format!(
+            "corral run {}: {count} file{}",
+            run.id,
+            if count == 1 { "" } else { "s" }
+        );
+        Ok(tools::commit_branch(
+            &run.root,
+            &run.changes,
+            paths,
+            &run.grant,
+            name,
+            &base,
+            &message,
+        )?)
+    }
+
     /// The directory a spec's root names: its path, or for a tenant the operator's directory.
     fn root_dir(&self, spec: &RunSpec) -> Result<Option<PathBuf>, ServiceError> {
         match &spec.root {
