@@ -309,6 +309,17 @@ fn content_type(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
+/// [`json_body`], or the default when the body is empty (an optional request body).
+fn optional_json_body<T: serde::de::DeserializeOwned + Default>(
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        return Ok(T::default());
+    }
+    json_body(headers, bytes)
+}
+
 fn json_body<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     bytes: &[u8],
@@ -736,11 +747,7 @@ async fn apply_changes(
 ) -> Result<Json<corral_host::tools::Applied>, ApiError> {
     let tenant = auth.writer()?.to_string();
     let bytes = body(raw, state.options.max_body_bytes).await?;
-    let request: ApplyRequest = if bytes.is_empty() {
-        ApplyRequest::default()
-    } else {
-        json_body(&headers, &bytes)?
-    };
+    let request: ApplyRequest = optional_json_body(&headers, &bytes)?;
     finished(&state.service, &tenant, &id, "no recorded changes")?;
     let _applying = state.applying.lock().await;
     Ok(Json(state.service.apply(
@@ -907,11 +914,7 @@ async fn resume_run(
 ) -> Result<Response, ApiError> {
     let tenant = auth.writer()?.to_string();
     let bytes = body(raw, state.options.max_body_bytes).await?;
-    let request: ResumeRequest = if bytes.is_empty() {
-        ResumeRequest::default()
-    } else {
-        json_body(&headers, &bytes)?
-    };
+    let request: ResumeRequest = optional_json_body(&headers, &bytes)?;
     let reuse = match request.reuse.as_deref() {
         None | Some("prefix") => ReusePolicy::Prefix,
         Some("all") => ReusePolicy::All,

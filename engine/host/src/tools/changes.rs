@@ -502,11 +502,18 @@ impl ToolRoot {
     /// Remembers the hash of the root's content of `rel` the first time the run reads it: a
     /// later write of the path is based on what the run read, so a root that changed in
     /// between is a conflict, not an edit silently undone at apply time.
+    /// A run that may not write pays nothing for this: its reads are never a write's base.
     pub(super) fn served(&self, rel: &str, bytes: &[u8]) {
-        let mut read = self.read_hashes.lock().unwrap_or_else(|e| e.into_inner());
-        if !read.contains_key(rel) {
-            read.insert(rel.to_string(), Sha256::digest(bytes).into());
+        if !self.write_grant.grants_any() {
+            return;
         }
+        let lock = || self.read_hashes.lock().unwrap_or_else(|e| e.into_inner());
+        if lock().contains_key(rel) {
+            return;
+        }
+        // Hashed outside the lock, so that agents reading other files are not held up.
+        let hash: [u8; 32] = Sha256::digest(bytes).into();
+        lock().entry(rel.to_string()).or_insert(hash);
     }
 
     /// Checks that `path` may be written: the path rules of reads, the grant, no `.git`, and in
@@ -859,16 +866,8 @@ pub(super) fn select<'a>(
 
 /// The root's file at `rel` (`None`: absent), read through `dir`.
 fn root_content(dir: &cap_std::fs::Dir, rel: &str) -> Result<Option<Vec<u8>>, ApplyError> {
-    match confine::open_regular(dir, rel, rel) {
-        Ok((mut file, _)) => {
-            let mut bytes = Vec::new();
-            file.read_to_end(&mut bytes)
-                .map_err(|e| ApplyError::Io(format!("cannot read {rel:?}: {e}")))?;
-            Ok(Some(bytes))
-        }
-        Err(ToolError::NotFound(_)) => Ok(None),
-        Err(error) => Err(ApplyError::Io(error.to_string())),
-    }
+    confine::read_if_exists(dir, rel, u64::MAX - 1)
+        .map_err(|error| ApplyError::Io(error.to_string()))
 }
 
 /// Writes the selected staged changes into `root`. First every path is checked again (the path

@@ -86,6 +86,27 @@ pub(super) fn open_regular(
     Ok((file, meta))
 }
 
+/// The regular file at `rel` under `dir`, at most `max + 1` bytes of it (so a caller can tell
+/// "over `max`"), or `None` when there is no such file.
+pub(super) fn read_if_exists(
+    dir: &cap_std::fs::Dir,
+    rel: &str,
+    max: u64,
+) -> Result<Option<Vec<u8>>, ToolError> {
+    use std::io::Read as _;
+    match open_regular(dir, rel, rel) {
+        Ok((file, _)) => {
+            let mut bytes = Vec::new();
+            file.take(max.saturating_add(1))
+                .read_to_end(&mut bytes)
+                .map_err(|error| io_error(rel, error))?;
+            Ok(Some(bytes))
+        }
+        Err(ToolError::NotFound(_)) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
 /// The error for a FIFO, socket or device where a file was expected.
 pub(super) fn not_regular(shown: &str) -> ToolError {
     ToolError::InvalidInput(format!(

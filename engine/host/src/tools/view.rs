@@ -10,7 +10,6 @@
 
 use super::{ToolError, ToolRoot, confine};
 use std::collections::BTreeMap;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -127,20 +126,11 @@ impl ToolRoot {
 
     /// The root's regular file at `rel`, or `None`; more than `room` bytes is the view limit.
     fn root_file(&self, rel: &str, room: u64) -> Result<Option<Vec<u8>>, ToolError> {
-        match confine::open_regular(&self.inner.dir, rel, rel) {
-            Ok((file, _)) => {
-                let mut bytes = Vec::new();
-                file.take(room.saturating_add(1))
-                    .read_to_end(&mut bytes)
-                    .map_err(|error| confine::io_error(rel, error))?;
-                if bytes.len() as u64 > room {
-                    return Err(view_limit(self.inner.limits.max_view_bytes));
-                }
-                Ok(Some(bytes))
-            }
-            Err(ToolError::NotFound(_)) => Ok(None),
-            Err(error) => Err(error),
+        let bytes = confine::read_if_exists(&self.inner.dir, rel, room)?;
+        if bytes.as_ref().is_some_and(|b| b.len() as u64 > room) {
+            return Err(view_limit(self.inner.limits.max_view_bytes));
         }
+        Ok(bytes)
     }
 
     /// Copies the root's regular files (not `.git`, not symlinks) into a new view.
